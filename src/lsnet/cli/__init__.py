@@ -1,0 +1,1 @@
+"""The ``lsnet`` command line."""

@@ -1,0 +1,197 @@
+"""Reading and writing LSNet checkpoints: the release's ``.pth`` files, timm-style state
+dicts and ``.safetensors``.
+
+Loading never runs code from the file: pickles are read with ``weights_only=True`` and only
+the globals the release's files need (``argparse.Namespace``) are allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
+
+__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be read, or does not fit the model."""
+
+
+def _read_file(path: Path, map_location) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        with torch.serialization.safe_globals(release_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"Refusing to load {path}: it is a pickle that needs more than tensors and plain containers "
+            f"to load ({first}). lsnet only unpickles weights (torch.load(weights_only=True)); if you "
+            f"trust this file, load it yourself and pass its state_dict."
+        ) from err
+    except (EOFError, RuntimeError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def load_state_dict_file(path: PathLike, use_ema: bool = False, map_location="cpu") -> Dict[str, torch.Tensor]:
+    """Read a state_dict from a release ``.pth``, a timm/our checkpoint or a ``.safetensors`` file.
+
+    Accepts a bare state_dict, or a dict holding it under ``model`` / ``state_dict`` (with
+    ``model_ema`` / ``state_dict_ema`` used when ``use_ema``), possibly with training state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    obj = _read_file(path, map_location)
+    if _is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, dict):
+        keys = ("model_ema", "state_dict_ema", "ema") if use_ema else ("model", "state_dict")
+        for key in keys:
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key])
+        what = "EMA weights (" + ", ".join(keys) + ")" if use_ema else "a state_dict ('model' or 'state_dict')"
+        raise CheckpointError(f"{path} holds no {what}; its top-level keys are {sorted(map(str, obj))}")
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+
+
+def _guess_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    w = state_dict.get("patch_embed.4.c.weight")
+    if w is None:
+        return None
+    for name, args in MODEL_ARGS.items():
+        if args["embed_dim"][0] == w.shape[0]:
+            return name
+    return None
+
+
+def _short(items: List[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    cls = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if isinstance(cls, str):
+        cls = (cls,)
+    prefixes = set(c.rsplit(".", 1)[0] for c in (cls or ()))
+    return tuple(sorted(prefixes | {"head", "head_dist"}))
+
+
+def _target(model: nn.Module) -> nn.Module:
+    """The LSNet inside a features_only wrapper, or the model itself."""
+    inner = getattr(model, "model", None)
+    return inner if not isinstance(model, LSNet) and isinstance(inner, LSNet) else model
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, drop_head: bool = False,
+                    use_ema: bool = False) -> Dict[str, List[str]]:
+    """Load a checkpoint file into ``model`` (an LSNet or its ``features_only`` wrapper).
+
+    Args:
+        model: the model to fill.
+        path: release ``.pth``, our ``.pth`` or ``.safetensors``.
+        strict: every key must match (names and shapes); otherwise one ``CheckpointError``
+            lists the missing, unexpected and mis-shaped keys.
+        drop_head: ignore the checkpoint's classifier where it does not fit (another number
+            of classes, or a model without head), keeping the model's own, as timm does.
+        use_ema: load the EMA weights of a training checkpoint.
+
+    Returns:
+        dict with the ``missing``, ``unexpected`` and ``dropped`` keys (all empty when strict).
+    """
+    target = _target(model)
+    state_dict = load_state_dict_file(path, use_ema=use_ema)
+    if isinstance(target, LSNet):
+        state_dict = checkpoint_filter_fn(state_dict, target)
+    else:
+        state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    own = target.state_dict()
+    dropped: List[str] = []
+    if drop_head:
+        heads = _classifier_prefixes(target)
+        for k in list(state_dict):
+            if k.split(".")[0] in heads and (k not in own or own[k].shape != state_dict[k].shape):
+                dropped.append(k)
+                del state_dict[k]
+    heads = _classifier_prefixes(target)
+    missing = [k for k in own if k not in state_dict and not (drop_head and k.split(".")[0] in heads)]
+    unexpected = [k for k in state_dict if k not in own]
+    misshaped = [f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})"
+                 for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    if misshaped or (strict and (missing or unexpected)):
+        lines = [f"Checkpoint {path} does not fit {type(target).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if misshaped:
+            lines.append(f"  mis-shaped keys ({len(misshaped)}): {_short(misshaped, 6)}")
+        guess = _guess_variant(state_dict)
+        if guess and isinstance(target, LSNet) and tuple(MODEL_ARGS[guess]["embed_dim"]) != target.embed_dim:
+            lines.append(f"  the file looks like a checkpoint of {guess}")
+        elif misshaped and all(m.split(".")[0] in _classifier_prefixes(target) for m in misshaped):
+            lines.append("  only the classifier differs: pass drop_head=True (or build the model with the "
+                         "checkpoint's num_classes)")
+        raise CheckpointError("\n".join(lines))
+    target.load_state_dict(state_dict, strict=False)
+    return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: PathLike,
+                    extra: Optional[Dict[str, Any]] = None, metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write weights to ``path`` atomically (a temporary file, then a rename).
+
+    ``.safetensors``: the state_dict only (``metadata`` as string pairs). Other suffixes: a
+    torch file ``{'model': state_dict, **extra}`` in the release's layout, readable by
+    :func:`load_checkpoint` and by the release's own code.
+    """
+    path = Path(path)
+    target = _target(model_or_state) if isinstance(model_or_state, nn.Module) else None
+    state = target.state_dict() if target is not None else dict(model_or_state)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    else:
+        payload = {"model": state, **(extra or {})}
+        _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path

@@ -1,0 +1,627 @@
+"""LSNet: See Large, Focus Small (CVPR 2025), in timm's conventions.
+
+Paper: https://arxiv.org/abs/2503.23135
+
+The module tree, key names and numerics follow the authors' release exactly, so that its
+checkpoints (``lsnet_{t,s,b}[_distill].pth``) load strictly and give the same outputs.
+On top of the release: any input size (the stage-4 attention bias table is resized when
+the grid differs), ``features_only``/``forward_intermediates``, gradient checkpointing,
+stochastic depth, ``reset_classifier`` and exact inference fusion (``fuse()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, SqueezeExcite, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from ..ops.ska import SKA
+from .fuse import fuse_bn_into_conv, fuse_bn_into_linear, fuse_modules
+
+__all__ = ["LSNet", "LKP", "LSConv", "RepVGGDW", "FFN", "Attention", "Block", "ConvBN", "BNLinear",
+           "checkpoint_filter_fn", "release_safe_globals", "MIN_INPUT_SIZE"]
+
+#: Smallest input height/width accepted (the network downsamples by 64 overall).
+MIN_INPUT_SIZE = 64
+
+
+class ConvBN(nn.Sequential):
+    """Conv2d without bias followed by BatchNorm2d (keys ``c.*`` and ``bn.*``)."""
+
+    def __init__(self, in_chs, out_chs, kernel_size=1, stride=1, padding=0, groups=1, bn_weight_init=1.0):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_chs))
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.constant_(self.bn.bias, 0)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """Return one Conv2d (with bias) equal to this conv + BN in eval mode."""
+        return fuse_bn_into_conv(self.c, self.bn)
+
+
+class BNLinear(nn.Sequential):
+    """BatchNorm1d followed by Linear: the release's classifier (keys ``bn.*`` and ``l.*``)."""
+
+    def __init__(self, in_features, out_features, std=0.02):
+        super().__init__()
+        self.add_module("bn", nn.BatchNorm1d(in_features))
+        self.add_module("l", nn.Linear(in_features, out_features))
+        trunc_normal_(self.l.weight, std=std)
+        nn.init.constant_(self.l.bias, 0)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        """Return one Linear equal to this BN + linear in eval mode."""
+        return fuse_bn_into_linear(self.bn, self.l)
+
+
+class Residual(nn.Module):
+    """``x + drop_path(m(x))``; the wrapped module is stored as ``m`` as in the release."""
+
+    def __init__(self, m: nn.Module, drop_path: float = 0.0):
+        super().__init__()
+        self.m = m
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        return x + self.drop_path(self.m(x))
+
+
+class FFN(nn.Module):
+    """Point-wise feed-forward: 1x1 ConvBN, ReLU, 1x1 ConvBN (zero-initialised BN)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.pw1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU()
+        self.pw2 = ConvBN(hidden, dim, bn_weight_init=0.0)
+
+    def forward(self, x):
+        return self.pw2(self.act(self.pw1(x)))
+
+
+class RepVGGDW(nn.Module):
+    """Depth-wise 3x3 + depth-wise 1x1 + identity; re-parameterises into one 3x3 conv."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = ConvBN(dim, dim, 3, 1, 1, groups=dim)
+        self.conv1 = ConvBN(dim, dim, 1, 1, 0, groups=dim)
+
+    def forward(self, x):
+        return self.conv(x) + self.conv1(x) + x
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """Return a single depth-wise 3x3 conv with bias equal to the three branches."""
+        conv = self.conv.fuse()
+        conv1 = self.conv1.fuse()
+        weight = conv.weight.double() + F.pad(conv1.weight.double(), [1, 1, 1, 1])
+        weight[:, 0, 1, 1] += 1.0  # identity branch: a centre tap of one per channel
+        conv.weight.copy_(weight)
+        conv.bias.copy_(conv.bias.double() + conv1.bias.double())
+        return conv
+
+
+class LKP(nn.Module):
+    """Large-kernel perception: predicts a K x K kernel per pixel and per group of channels.
+
+    Output shape (N, C / groups, K*K, H, W) for input (N, C, H, W).
+    """
+
+    def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8):
+        super().__init__()
+        if dim % groups != 0 or dim % 2 != 0:
+            raise ValueError(f"LKP: dim={dim} must be even and a multiple of groups={groups}")
+        half = dim // 2
+        self.cv1 = ConvBN(dim, half)
+        self.act = nn.ReLU()
+        self.cv2 = ConvBN(half, half, large_kernel, padding=(large_kernel - 1) // 2, groups=half)
+        self.cv3 = ConvBN(half, half)
+        self.cv4 = nn.Conv2d(half, small_kernel ** 2 * dim // groups, kernel_size=1)
+        self.norm = nn.GroupNorm(num_groups=dim // groups, num_channels=small_kernel ** 2 * dim // groups)
+        self.small_kernel = small_kernel
+        self.kernel_groups = dim // groups
+
+    def forward(self, x):
+        x = self.act(self.cv3(self.cv2(self.act(self.cv1(x)))))
+        w = self.norm(self.cv4(x))
+        n, _, h, wd = w.shape
+        return w.view(n, self.kernel_groups, self.small_kernel ** 2, h, wd)
+
+
+class LSConv(nn.Module):
+    """LS convolution: ``bn(SKA(x, LKP(x))) + x``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lkp = LKP(dim, large_kernel=7, small_kernel=3, groups=8)
+        self.ska = SKA()
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x):
+        return self.bn(self.ska(x, self.lkp(x))) + x
+
+
+def attention_bias_index(height: int, width: int, table_width: Optional[int] = None) -> torch.Tensor:
+    """Index into the bias table for every pair of points of an ``height`` x ``width`` grid.
+
+    The table stores one bias per offset (|dy|, |dx|), at position ``|dy| * table_width + |dx|``.
+    On a square R x R grid with ``table_width = R`` this equals the release's numbering (offsets
+    in order of first appearance), because the first point, (0, 0), meets every offset in
+    row-major order.
+    """
+    table_width = width if table_width is None else table_width
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return (ys[:, None] - ys[None, :]).abs() * table_width + (xs[:, None] - xs[None, :]).abs()
+
+
+def _release_bias_index(resolution: int) -> torch.Tensor:
+    """The release's index buffer, built its way (kept to check the closed form above)."""
+    points = list(itertools.product(range(resolution), range(resolution)))
+    offsets: Dict[Tuple[int, int], int] = {}
+    idxs = []
+    for p1 in points:
+        for p2 in points:
+            off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+            idxs.append(offsets.setdefault(off, len(offsets)))
+    return torch.tensor(idxs, dtype=torch.long).view(len(points), len(points))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a learned relative-position bias (LeViT style).
+
+    The bias table is learned for an R x R grid. On another grid (other input sizes) the
+    table, seen as an (heads, R, R) image over offsets (|dy|, |dx|), is resized bicubically
+    to the new range of offsets.
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int = 8, attn_ratio: float = 4, resolution: int = 14):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = key_dim ** -0.5
+        self.key_dim = key_dim
+        self.nh_kd = nh_kd = key_dim * num_heads
+        self.d = int(attn_ratio * key_dim)
+        self.dh = self.d * num_heads
+        self.resolution = resolution
+        self.qkv = ConvBN(dim, self.dh + nh_kd * 2)
+        self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.dh, dim, bn_weight_init=0.0))
+        self.dw = ConvBN(nh_kd, nh_kd, 3, 1, 1, groups=nh_kd)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
+        # persistent as in the release, so that state_dict keys match its checkpoints
+        self.register_buffer("attention_bias_idxs", attention_bias_index(resolution, resolution))
+
+    def attention_bias(self, height: int, width: int) -> torch.Tensor:
+        """The (heads, H*W, H*W) additive bias for an ``height`` x ``width`` grid."""
+        r = self.resolution
+        if height == r and width == r:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        table = self.attention_biases.view(1, self.num_heads, r, r)
+        if (height, width) != (r, r):
+            table = F.interpolate(table.float(), size=(height, width), mode="bicubic", align_corners=False)
+            table = table.to(self.attention_biases.dtype)
+        table = table.reshape(self.num_heads, height * width)
+        idx = attention_bias_index(height, width).to(table.device)
+        return table[:, idx]
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        n = h * w
+        q, k, v = self.qkv(x).split([self.nh_kd, self.nh_kd, self.dh], dim=1)
+        q = self.dw(q)
+        q = q.reshape(b, self.num_heads, -1, n)
+        k = k.reshape(b, self.num_heads, -1, n)
+        v = v.reshape(b, self.num_heads, -1, n)
+        attn = (q.transpose(-2, -1) @ k) * self.scale + self.attention_bias(h, w)
+        attn = attn.softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).reshape(b, -1, h, w)
+        return self.proj(x)
+
+
+class Block(nn.Module):
+    """LSNet block: token mixer (RepVGG-DW + SE on even depths; LSConv or attention on odd ones)
+    followed by a residual FFN."""
+
+    def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4.0, resolution=14, stage=-1, depth=-1,
+                 drop_path=0.0):
+        super().__init__()
+        if depth % 2 == 0:
+            self.mixer = RepVGGDW(dim)
+            self.se = SqueezeExcite(dim, 0.25)
+        else:
+            self.se = nn.Identity()
+            if stage == 3:
+                self.mixer = Residual(Attention(dim, key_dim, num_heads, attn_ratio, resolution), drop_path)
+            else:
+                self.mixer = LSConv(dim)
+        self.ffn = Residual(FFN(dim, int(dim * 2)), drop_path)
+
+    def forward(self, x):
+        return self.ffn(self.se(self.mixer(x)))
+
+
+def _stage_resolutions(img_size: int, patch_size: int = 8, num_stages: int = 4) -> List[int]:
+    """Feature-map side per stage as the release computes it (stride-2 convs with padding 1)."""
+    res = [img_size // patch_size]
+    for _ in range(num_stages - 1):
+        res.append((res[-1] - 1) // 2 + 1)
+    return res
+
+
+class LSNet(nn.Module):
+    """LSNet backbone and classifier.
+
+    Args:
+        img_size: training resolution; sets the attention bias grid (224 -> 4 x 4). Other
+            input sizes still run (the bias table is resized on the fly).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 for no classifier.
+        embed_dim, key_dim, depth, num_heads: per-stage widths, attention key dims, block
+            counts and heads (only stage 4 uses heads and key_dim).
+        distillation: add a second (distillation) head as in DeiT; training returns both
+            logits, evaluation their mean.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, linearly increasing over blocks (0 in the release).
+        global_pool: ``'avg'`` or ``''`` (no pooling in ``forward_head``).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: Sequence[int] = (64, 128, 192, 256),
+        key_dim: Sequence[int] = (16, 16, 16, 16),
+        depth: Sequence[int] = (1, 2, 3, 4),
+        num_heads: Sequence[int] = (4, 4, 4, 4),
+        distillation: bool = False,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        patch_size: int = 8,
+    ):
+        super().__init__()
+        if len(embed_dim) != 4 or len(depth) != 4:
+            raise ValueError(f"LSNet has four stages; got embed_dim={embed_dim}, depth={depth}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        key_dim = tuple(key_dim) if isinstance(key_dim, (list, tuple)) else (key_dim,) * 4
+        num_heads = tuple(num_heads) if isinstance(num_heads, (list, tuple)) else (num_heads,) * 4
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = tuple(embed_dim)
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
+        self.distilled_training = True
+
+        c0 = embed_dim[0]
+        self.patch_embed = nn.Sequential(
+            ConvBN(in_chans, c0 // 4, 3, 2, 1), nn.ReLU(),
+            ConvBN(c0 // 4, c0 // 2, 3, 2, 1), nn.ReLU(),
+            ConvBN(c0 // 2, c0, 3, 2, 1),
+        )
+        resolutions = _stage_resolutions(img_size, patch_size)
+        attn_ratio = [embed_dim[i] / (key_dim[i] * num_heads[i]) for i in range(4)]
+        dpr = torch.linspace(0, drop_path_rate, max(sum(depth), 1)).tolist()
+        self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (nn.Sequential() for _ in range(4))
+        stages = [self.blocks1, self.blocks2, self.blocks3, self.blocks4]
+        self.feature_info = []
+        block_idx = 0
+        for i in range(4):
+            if i > 0:  # downsample at the head of stages 2-4: depth-wise stride-2 then point-wise
+                prev = embed_dim[i - 1]
+                stages[i].append(ConvBN(prev, prev, 3, 2, 1, groups=prev))
+                stages[i].append(ConvBN(prev, embed_dim[i], 1))
+            for d in range(depth[i]):
+                stages[i].append(Block(embed_dim[i], key_dim[i], num_heads[i], attn_ratio[i], resolutions[i],
+                                       stage=i, depth=d, drop_path=dpr[block_idx]))
+                block_idx += 1
+            self.feature_info.append(dict(num_chs=embed_dim[i], reduction=patch_size * 2 ** i,
+                                          module=f"blocks{i + 1}"))
+
+        self.num_features = self.head_hidden_size = embed_dim[-1]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.distillation = distillation
+        self.head = BNLinear(embed_dim[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if distillation:
+            self.head_dist = BNLinear(embed_dim[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    @property
+    def stages(self) -> List[nn.Sequential]:
+        """The four stages, in order (``blocks1`` ... ``blocks4``)."""
+        return [self.blocks1, self.blocks2, self.blocks3, self.blocks4]
+
+    # ----- timm model API -------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {k for k in self.state_dict().keys() if "attention_biases" in k}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(stem=r"^patch_embed", blocks=r"^blocks(\d+)" if coarse else r"^blocks(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True):
+        """In training mode, return both heads' logits (True, the release's behaviour) or their mean."""
+        self.distilled_training = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
+                         distillation: Optional[bool] = None):
+        """Replace the classifier (and distillation head) with new ones for ``num_classes``."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        if distillation is not None:
+            self.distillation = distillation
+        ref = next(self.parameters())
+        make = lambda: (BNLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()).to(ref.device)
+        self.head = make()
+        if self.distillation:
+            self.head_dist = make()
+        elif hasattr(self, "head_dist"):
+            del self.head_dist
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for an input this network cannot take."""
+        if x.dim() != 4:
+            raise ValueError(f"LSNet expects a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"LSNet was built for {self.in_chans}-channel input (in_chans), "
+                             f"got {x.shape[1]} channels in an input of shape {tuple(x.shape)}")
+        if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+            raise ValueError(f"LSNet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
+                             f"(it downsamples 64x), got {x.shape[2]}x{x.shape[3]}")
+
+    def _run_stage(self, stage: nn.Sequential, x):
+        if self.grad_checkpointing and not torch.jit.is_scripting() and len(stage) > 0:
+            return checkpoint_seq(stage, x)
+        return stage(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Forward returning the outputs of the selected stages (strides 8, 16, 32, 64)."""
+        if output_fmt != "NCHW":
+            raise ValueError("LSNet features are NCHW only")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(4, indices)
+        intermediates = []
+        x = self.patch_embed(x)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = self._run_stage(stage, x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        """Drop the stages after the last requested one (and the head)."""
+        take_indices, max_index = feature_take_indices(4, indices)
+        for i in range(max_index + 1, 4):
+            setattr(self, f"blocks{i + 1}", nn.Sequential())
+        if prune_head:
+            self.reset_classifier(0, "", distillation=False)
+        return take_indices
+
+    def forward_features(self, x):
+        self.check_input(x)
+        x = self.patch_embed(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        if pre_logits:
+            return x
+        if self.distillation:
+            x, x_dist = self.head(x), self.head_dist(x)
+            if self.training and self.distilled_training and not torch.jit.is_scripting():
+                return x, x_dist
+            return (x + x_dist) / 2
+        return self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def fuse(self) -> "LSNet":
+        """Fuse in place for inference (BN folding, RepVGG merge, distillation heads averaged)."""
+        if self.distillation and isinstance(self.head, BNLinear):
+            head, head_dist = self.head.fuse(), self.head_dist.fuse()
+            head.weight.copy_((head.weight.double() + head_dist.weight.double()) / 2)
+            head.bias.copy_((head.bias.double() + head_dist.bias.double()) / 2)
+            self.head = head
+            del self.head_dist
+            self.distillation = False
+        fuse_modules(self)
+        return self.eval()
+
+
+# ----- checkpoints -----------------------------------------------------------------------
+
+def release_safe_globals() -> list:
+    """Non-tensor globals the release's checkpoint files contain (its argparse arguments)."""
+    import argparse
+
+    return [argparse.Namespace]
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: LSNet) -> Dict[str, torch.Tensor]:
+    """Adapt a release (or timm-style) state_dict to ``model``.
+
+    Unwraps ``{'model': ...}``, strips DDP's ``module.`` prefix, rebuilds the attention bias
+    index buffers for the model's grid and resizes bias tables trained at another grid.
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    elif "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    target = model.state_dict()
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("module."):
+            k = k[len("module."):]
+        if k.endswith("attention_bias_idxs") and k in target:
+            v = target[k].clone()  # derived from the grid, not learned
+        elif k.endswith("attention_biases") and k in target and v.shape != target[k].shape \
+                and v.dim() == 2 and v.shape[0] == target[k].shape[0]:
+            heads, old, new = v.shape[0], int(round(v.shape[1] ** 0.5)), int(round(target[k].shape[1] ** 0.5))
+            if old * old == v.shape[1] and new * new == target[k].shape[1]:
+                v = F.interpolate(v.float().view(1, heads, old, old), size=(new, new), mode="bicubic",
+                                  align_corners=False).reshape(heads, new * new).to(v.dtype)
+        out[k] = v
+    return out
+
+
+# ----- registry ----------------------------------------------------------------------------
+
+def _cfg(**kwargs):
+    return {
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (4, 4),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.0.c",
+        "classifier": "head.l",
+        "license": "mit",
+        "paper_ids": "arXiv:2503.23135",
+        **kwargs,
+    }
+
+
+#: File name of each variant's checkpoint in the authors' release.
+RELEASE_FILES = {v: f"{v}.pth" for v in ("lsnet_t", "lsnet_s", "lsnet_b", "lsnet_t_distill", "lsnet_s_distill",
+                                         "lsnet_b_distill")}
+
+default_cfgs = generate_default_cfgs({
+    "lsnet_t.in1k": _cfg(hf_hub_id="jameslahm/lsnet_t"),
+    "lsnet_s.in1k": _cfg(hf_hub_id="jameslahm/lsnet_s"),
+    "lsnet_b.in1k": _cfg(hf_hub_id="jameslahm/lsnet_b"),
+    "lsnet_t_distill.in1k": _cfg(hf_hub_id="jameslahm/lsnet_t_distill",
+                                 classifier=("head.l", "head_dist.l")),
+    "lsnet_s_distill.in1k": _cfg(hf_hub_id="jameslahm/lsnet_s_distill",
+                                 classifier=("head.l", "head_dist.l")),
+    "lsnet_b_distill.in1k": _cfg(hf_hub_id="jameslahm/lsnet_b_distill",
+                                 classifier=("head.l", "head_dist.l")),
+})
+
+#: Architecture of each variant (the release's arguments; heads 3 in stages 1-3 are unused).
+MODEL_ARGS = {
+    "lsnet_t": dict(embed_dim=(64, 128, 256, 384), depth=(0, 2, 8, 10), num_heads=(3, 3, 3, 4)),
+    "lsnet_s": dict(embed_dim=(96, 192, 320, 448), depth=(1, 2, 8, 10), num_heads=(3, 3, 3, 4)),
+    "lsnet_b": dict(embed_dim=(128, 256, 384, 512), depth=(4, 6, 8, 10), num_heads=(3, 3, 3, 4)),
+}
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """``pretrained=True`` could not fetch the weights (offline, or the hub refused)."""
+
+
+def _offline_message(variant: str, err: Exception) -> str:
+    name = RELEASE_FILES[variant]
+    hub = f"jameslahm/{variant}"
+    return (
+        f"Could not fetch pretrained weights for '{variant}' from the Hugging Face hub ({hub}): "
+        f"{type(err).__name__}: {err}\n"
+        f"Download '{name}' from the authors' release (https://huggingface.co/jameslahm/lsnet/blob/main/{name}) "
+        f"and pass it as a local file:\n"
+        f"    timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{name}'))\n"
+        f"or build the model without weights and call lsnet.load_checkpoint(model, '/path/to/{name}')."
+    )
+
+
+def _create_lsnet(variant: str, pretrained: bool = False, **kwargs) -> LSNet:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    # the release's .pth files pickle an argparse.Namespace: allow exactly that, nothing else
+    safe = torch.serialization.safe_globals(release_safe_globals()) if pretrained else contextlib.nullcontext()
+    try:
+        with safe:
+            return build_model_with_cfg(
+                LSNet, variant, pretrained,
+                pretrained_filter_fn=checkpoint_filter_fn,
+                feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+                **kwargs,
+            )
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        if overlay.get("file") or overlay.get("state_dict") is not None:
+            raise
+        raise PretrainedWeightsUnavailable(_offline_message(variant.split(".")[0], err)) from err
+
+
+@register_model
+def lsnet_t(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-T: 11.4 M parameters, 0.32 GMACs at 224."""
+    return _create_lsnet("lsnet_t", pretrained, **dict(MODEL_ARGS["lsnet_t"], **kwargs))
+
+
+@register_model
+def lsnet_s(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-S: 16.1 M parameters, 0.54 GMACs at 224."""
+    return _create_lsnet("lsnet_s", pretrained, **dict(MODEL_ARGS["lsnet_s"], **kwargs))
+
+
+@register_model
+def lsnet_b(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-B: 23.3 M parameters, 1.25 GMACs at 224."""
+    return _create_lsnet("lsnet_b", pretrained, **dict(MODEL_ARGS["lsnet_b"], **kwargs))
+
+
+@register_model
+def lsnet_t_distill(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-T with a distillation head (DeiT-style), as trained for the paper's starred results."""
+    return _create_lsnet("lsnet_t_distill", pretrained, **dict(MODEL_ARGS["lsnet_t"], distillation=True, **kwargs))
+
+
+@register_model
+def lsnet_s_distill(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-S with a distillation head."""
+    return _create_lsnet("lsnet_s_distill", pretrained, **dict(MODEL_ARGS["lsnet_s"], distillation=True, **kwargs))
+
+
+@register_model
+def lsnet_b_distill(pretrained=False, **kwargs) -> LSNet:
+    """LSNet-B with a distillation head."""
+    return _create_lsnet("lsnet_b_distill", pretrained, **dict(MODEL_ARGS["lsnet_b"], distillation=True, **kwargs))

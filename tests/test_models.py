@@ -1,0 +1,241 @@
+"""LSNet models: exactness against the release, the timm API, input sizes and fusion."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import lsnet
+from conftest import load_fixture, rel_err, shared_file
+from lsnet.models.lsnet import LSNet, _release_bias_index, attention_bias_index
+
+PARAMS = {"lsnet_t": 11_409_832, "lsnet_s": 16_146_304, "lsnet_b": 23_313_608}
+
+
+def tiny(name: str, mode: str = "eval") -> tuple:
+    """A tiny release configuration with its weights, and the fixture itself."""
+    fx = load_fixture(f"lsnet_tiny_{name}")
+    model = LSNet(**fx["config"])
+    model.load_state_dict(fx["state_dict"], strict=True)
+    return model.train(mode == "train"), fx
+
+
+@pytest.mark.parametrize("name", ["lsnet_t", "lsnet_s", "lsnet_b"])
+def test_state_dict_matches_release(name):
+    rows = [line.rstrip("\n").split("\t") for line in open(shared_file("reference", f"{name}_state_dict.tsv"))
+            if not line.startswith("#")]
+    model = timm.create_model(name)
+    got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    want = [(k, eval(shape), dtype) for k, shape, dtype in rows]
+    assert got == want
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+def test_registered_names_and_num_classes():
+    assert set(lsnet.MODEL_NAMES) <= set(timm.list_models("lsnet*"))
+    model = timm.create_model("lsnet_t", num_classes=10).eval()
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+    dist = timm.create_model("lsnet_s_distill", num_classes=5)
+    assert dist.distillation and dist.train()(torch.randn(2, 3, 64, 64))[1].shape == (2, 5)
+
+
+def test_bias_index_equals_release_numbering():
+    for r in range(1, 9):
+        assert torch.equal(attention_bias_index(r, r), _release_bias_index(r))
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_tiny_fixture_eval(name):
+    model, fx = tiny(name)
+    with torch.no_grad():
+        assert rel_err(model(fx["input"]), fx["logits_eval"]) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_tiny_fixture_train(name):
+    model, fx = tiny(name, "train")
+    out = model(fx["input"])
+    want = fx["output_train"]
+    if isinstance(want, (tuple, list)):
+        assert isinstance(out, tuple) and len(out) == len(want)
+        for o, w in zip(out, want):
+            assert rel_err(o, w) < 1e-5
+    else:
+        assert rel_err(out, want) < 1e-5
+    loss = sum(o.square().sum() for o in out) if isinstance(out, tuple) else out.square().sum()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+
+
+@pytest.mark.parametrize("size", [(160, 160), (256, 256), (288, 384), (512, 640), (64, 64), (97, 131)])
+def test_any_input_size(size):
+    model = timm.create_model("lsnet_t", num_classes=3).eval()
+    with torch.no_grad():
+        feats = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+    side = list(size)
+    for _ in range(2):  # the first two stride-2 convs of the stem
+        side = [(v - 1) // 2 + 1 for v in side]
+    for f in feats:  # each stage halves again (stem's last conv, then the downsamples)
+        side = [(v - 1) // 2 + 1 for v in side]
+        assert tuple(f.shape[-2:]) == tuple(side)
+    assert feats[-1].shape[1] == 384
+
+
+def test_bias_table_resized_bicubically_at_other_grids():
+    attn = timm.create_model("lsnet_t").blocks4[3].mixer.m
+    with torch.no_grad():
+        attn.attention_biases.copy_(torch.randn_like(attn.attention_biases))
+    r = attn.resolution
+    table = attn.attention_biases.view(1, attn.num_heads, r, r)
+    # at the trained grid: exactly the release's gather
+    assert torch.equal(attn.attention_bias(r, r), attn.attention_biases[:, attn.attention_bias_idxs])
+    # at a 5 x 7 grid: the table resized to 5 x 7 offsets, indexed by |dy| * 7 + |dx|
+    resized = torch.nn.functional.interpolate(table, size=(5, 7), mode="bicubic", align_corners=False)[0]
+    bias = attn.attention_bias(5, 7)
+    assert bias.shape == (attn.num_heads, 35, 35)
+    assert torch.allclose(bias[:, 0, 8], resized[:, 1, 1])  # points (0,0) and (1,1)
+    assert torch.allclose(bias[:, 34, 0], resized[:, 4, 6])  # points (4,6) and (0,0)
+
+
+def test_release_input_size_uses_trained_biases_unchanged():
+    # at 224 the stage-4 grid is 4 x 4 = the trained one: output must not depend on resizing
+    model = timm.create_model("lsnet_t").eval()
+    attn = model.blocks4[3].mixer.m
+    calls = []
+    orig = torch.nn.functional.interpolate
+    torch.nn.functional.interpolate = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224))
+    finally:
+        torch.nn.functional.interpolate = orig
+    assert attn.resolution == 4 and not calls
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((1, 3, 63, 224), "at least 64"),
+    ((1, 3, 224, 32), "at least 64"),
+    ((1, 1, 224, 224), "3-channel"),
+    ((3, 224, 224), "4-D"),
+])
+def test_input_errors(shape, message):
+    model = timm.create_model("lsnet_t").eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+
+
+def test_in_chans():
+    model = timm.create_model("lsnet_t", in_chans=1, num_classes=2).eval()
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2)
+    with pytest.raises(ValueError, match="1-channel"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_features_only():
+    model = timm.create_model("lsnet_t", features_only=True).eval()
+    assert model.feature_info.reduction() == [8, 16, 32, 64]
+    assert model.feature_info.channels() == [64, 128, 256, 384]
+    feats = model(torch.randn(2, 3, 256, 320))
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 32, 40), (2, 128, 16, 20), (2, 256, 8, 10), (2, 384, 4, 5)]
+    # a subset, and the pruned tail is gone
+    sub = timm.create_model("lsnet_s", features_only=True, out_indices=(1, 2))
+    assert sub.feature_info.channels() == [192, 320]
+    assert len(sub.model.blocks4) == 0
+    assert [f.shape[1] for f in sub(torch.randn(1, 3, 128, 128))] == [192, 320]
+
+
+def test_features_match_full_model():
+    full = timm.create_model("lsnet_t").eval()
+    feats = timm.create_model("lsnet_t", features_only=True).eval()
+    feats.model.load_state_dict(full.state_dict(), strict=False)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(feats(x)[-1], full.forward_features(x))
+
+
+def test_forward_head_and_reset_classifier():
+    model = timm.create_model("lsnet_t").eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        assert f.shape == (2, 384, 2, 2)
+        assert model.forward_head(f, pre_logits=True).shape == (2, 384)
+        assert torch.equal(model.forward_head(f), model(x))
+    model.reset_classifier(7)
+    assert model.eval()(x).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 384)
+    assert model.get_classifier() is model.head
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    a = timm.create_model("lsnet_t", num_classes=4)
+    b = timm.create_model("lsnet_t", num_classes=4)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 64, 64)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_fuse_float32_fixture(name):
+    model, fx = tiny(name)
+    fused = lsnet.fuse(model)
+    with torch.no_grad():
+        assert rel_err(fused(fx["input"]), fx["logits_eval"]) < 1e-5
+        assert rel_err(model(fx["input"]), fx["logits_eval"]) < 1e-5  # the original is untouched
+    assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
+    assert len(list(fused.modules())) < len(list(model.modules()))
+    kinds = {type(m).__name__ for m in fused.modules()}
+    assert not kinds & {"ConvBN", "BNLinear", "RepVGGDW", "BatchNorm1d"}
+    # the only BatchNorms left follow SKA, which has no weights to fold into
+    bns = [n for n, m in fused.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(n.endswith("mixer.bn") for n in bns)
+
+
+@pytest.mark.parametrize("variant", ["lsnet_t", "lsnet_b_distill"])
+def test_fuse_float64_exact(variant):
+    model = timm.create_model(variant, num_classes=10).double()
+    # random BN statistics and affine parameters so that folding is really exercised
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            with torch.no_grad():
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    model.eval()
+    x = torch.randn(2, 3, 128, 160, dtype=torch.float64)
+    fused = lsnet.fuse(model)
+    assert next(fused.parameters()).dtype == torch.float64
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) < 1e-9
+
+
+def test_fuse_features_only_wrapper():
+    model = timm.create_model("lsnet_t", features_only=True)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    fused = lsnet.fuse(model)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        for a, b in zip(fused(x), model(x)):
+            assert rel_err(a, b) < 1e-5
+
+
+def test_drop_path_only_in_training():
+    model = timm.create_model("lsnet_t", num_classes=3, drop_path_rate=0.2)
+    ref = timm.create_model("lsnet_t", num_classes=3)
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), ref.eval()(x))
