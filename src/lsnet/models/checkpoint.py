@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -40,11 +41,11 @@ def _read_file(path: Path, map_location) -> Any:
         with torch.serialization.safe_globals(release_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err)))) or ["an object that is not a tensor"]
         raise CheckpointError(
-            f"Refusing to load {path}: it is a pickle that needs more than tensors and plain containers "
-            f"to load ({first}). lsnet only unpickles weights (torch.load(weights_only=True)); if you "
-            f"trust this file, load it yourself and pass its state_dict."
+            f"Refusing to load {path}: unpickling it would import {', '.join(names)}, which can run code. "
+            f"lsnet only unpickles weights (torch.load(weights_only=True), plus argparse.Namespace for the "
+            f"release's files); if you trust this file, load it yourself and pass its state_dict."
         ) from err
     except (EOFError, RuntimeError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
