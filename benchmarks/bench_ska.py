@@ -1,0 +1,64 @@
+"""SKA on the CPU: the default path against the unfold-based reference, interleaved runs.
+
+    python benchmarks/bench_ska.py [--batch 16] [--repeats 15] [--threads N]
+
+Shapes are those of LSNet-T's LS convolutions at 224x224 (stage 2: 128 channels at 28x28,
+stage 3: 256 channels at 14x14, Cw = C/8, K = 3). Prints medians (min-max) in ms and the
+ratio reference / default (above 1: the default is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lsnet.ops import ska, ska_reference
+
+SHAPES = {"stage2 128x28x28": (128, 28, 28), "stage3 256x14x14": (256, 14, 14)}
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, float32")
+    print("| shape | pass | reference ms | default ms | reference / default |")
+    print("|---|---|---:|---:|---:|")
+    for label, (c, h, w) in SHAPES.items():
+        x = torch.randn(args.batch, c, h, w, requires_grad=True)
+        k = torch.randn(args.batch, c // 8, 9, h, w, requires_grad=True)
+        gy = torch.randn(args.batch, c, h, w)
+        for mode in ("forward", "forward+backward"):
+            def run(fn):
+                if mode == "forward":
+                    with torch.no_grad():
+                        fn(x, k)
+                else:
+                    torch.autograd.grad(fn(x, k), (x, k), gy)
+            times = {"reference": [], "default": []}
+            for _ in range(3):  # warm-up
+                run(ska_reference), run(ska)
+            for _ in range(args.repeats):  # interleaved, so that drift hits both alike
+                times["reference"].append(timed(lambda: run(ska_reference)))
+                times["default"].append(timed(lambda: run(ska)))
+            med = {n: statistics.median(t) for n, t in times.items()}
+            cell = lambda n: f"{med[n]:.2f} ({min(times[n]):.2f}-{max(times[n]):.2f})"
+            print(f"| {label} | {mode} | {cell('reference')} | {cell('default')} | "
+                  f"{med['reference'] / med['default']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
