@@ -65,7 +65,10 @@ def test_gradcheck_float64(k):
     assert torch.autograd.gradcheck(lambda b: ska(x.detach(), b), (w,))
 
 
-def test_random_shapes_agree_with_reference():
+@pytest.mark.parametrize("small", [0, 1 << 30])
+def test_random_shapes_agree_with_reference(monkeypatch, small):
+    # both forms of the default path: shift-and-accumulate (large inputs) and unfold/fold (small)
+    monkeypatch.setattr(sys.modules["lsnet.ops.ska"], "_SMALL", small)
     gen = torch.Generator().manual_seed(1234)
     for _ in range(40):
         k = [1, 3, 5, 7][int(torch.randint(0, 4, (1,), generator=gen))]

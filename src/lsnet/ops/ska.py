@@ -11,9 +11,10 @@ Two CPU implementations live here:
 
 * :func:`ska_reference` - ``F.unfold`` plus a broadcast multiply and a sum. Short enough
   to check by eye; it materialises an (N, C, K*K, H, W) tensor. Tests compare against it.
-* :func:`ska_shift` - a shifted multiply-accumulate over the K*K taps with a hand-written
-  backward of the same form. It never builds the unfolded tensor, so it needs far less
-  memory and is faster; it is the default on CPU.
+* :func:`ska_shift` - a shifted multiply-accumulate over the K*K taps, on a flattened padded
+  grid where every tap is one contiguous slice, with a hand-written backward of the same
+  form. It never builds the unfolded tensor, so it needs far less memory and is faster; it
+  is the default on CPU.
 """
 
 from __future__ import annotations
@@ -65,61 +66,83 @@ def ska_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (cols * w.unsqueeze(1)).sum(dim=3).reshape(n, c, h, wd)
 
 
-def _taps(k: int):
-    """Yield (tap index, row offset, column offset) for a K x K window."""
-    p = (k - 1) // 2
-    for i in range(k):
-        for j in range(k):
-            yield i * k + j, i - p, j - p
-
-
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     # half-precision sums over K*K taps lose digits; accumulate them in float32
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _shifted(t: torch.Tensor, dy: int, dx: int, h: int, wd: int) -> torch.Tensor:
-    """View of ``t`` (zero padded by P on H and W) shifted by (dy, dx), cropped to H x W."""
-    p_h = (t.shape[-2] - h) // 2
-    p_w = (t.shape[-1] - wd) // 2
-    return t[..., p_h + dy : p_h + dy + h, p_w + dx : p_w + dx + wd]
+class _FlatGrid:
+    """Geometry of the flattened, zero-padded grid on which every tap is a contiguous slice.
+
+    The input is padded by P on every side plus one extra bottom row, and flattened over
+    (rows, columns). Outputs are computed for all H x (W + 2P) positions of that width, the
+    2P extra columns per row being junk that is cropped afterwards. Then tap (i, j) reads
+    the input slice starting at ``i * (W + 2P) + j`` of length ``H * (W + 2P)``: one long
+    contiguous run per tap instead of H short rows, which is what makes it fast on small maps.
+    """
+
+    def __init__(self, h: int, w: int, k: int):
+        self.h, self.w, self.k, self.p = h, w, k, (k - 1) // 2
+        self.row = w + 2 * self.p
+        self.length = h * self.row
+
+    def offsets(self):
+        """Start of each tap's slice, in tap order t = i * K + j."""
+        return [i * self.row + j for i in range(self.k) for j in range(self.k)]
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., H, W) -> (..., (H + 2P + 1) * (W + 2P)), zero padded."""
+        p = self.p
+        return F.pad(x, (p, p, p, p + 1)).flatten(-2)
+
+    def pad_right(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., H, W) -> (..., H * (W + 2P)): values on the wide grid, zeros in the junk columns."""
+        return F.pad(t, (0, 2 * self.p)).flatten(-2)
+
+    def crop(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., H * (W + 2P)) -> (..., H, W)."""
+        return t.unflatten(-1, (self.h, self.row))[..., : self.w]
 
 
 def _ska_shift_forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     n, c, h, wd = x.shape
     cw = w.shape[1]
-    p = (k - 1) // 2
-    acc = _accumulate_dtype(x.dtype)
-    xp = F.pad(x, (p, p, p, p)).view(n, c // cw, cw, h + 2 * p, wd + 2 * p)
-    wt = w.unsqueeze(1)  # (N, 1, Cw, KK, H, W): broadcast over channel groups
-    y = torch.zeros(n, c // cw, cw, h, wd, dtype=acc, device=x.device)
-    for t, dy, dx in _taps(k):
-        y.addcmul_(_shifted(xp, dy, dx, h, wd), wt[:, :, :, t])
-    return y.view(n, c, h, wd).to(x.dtype)
+    grid = _FlatGrid(h, wd, k)
+    xp = grid.pad_input(x.contiguous()).view(n, c // cw, cw, -1)
+    wp = grid.pad_right(w).unsqueeze(1)  # (N, 1, Cw, KK, L): broadcast over channel groups
+    y = torch.empty(n, c // cw, cw, grid.length, dtype=_accumulate_dtype(x.dtype), device=x.device)
+    for t, off in enumerate(grid.offsets()):
+        src = xp[..., off: off + grid.length]
+        if t == 0:
+            torch.mul(src, wp[:, :, :, 0], out=y)
+        else:
+            y.addcmul_(src, wp[:, :, :, t])
+    return grid.crop(y.view(n, c, grid.length)).to(x.dtype)
 
 
 def _ska_shift_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool, need_w: bool):
     n, c, h, wd = x.shape
     cw = w.shape[1]
     g = c // cw
-    p = (k - 1) // 2
     acc = _accumulate_dtype(x.dtype)
-    gy = gy.reshape(n, g, cw, h, wd)
+    grid = _FlatGrid(h, wd, k)
+    gyp = grid.pad_right(gy).view(n, g, cw, grid.length)  # junk columns are zero: they add nothing
     grad_x = grad_w = None
     if need_x:
-        # x[h+dy] received w[t, h] * gy[h]: scatter the products back by the opposite shift
-        gxp = torch.zeros(n, g, cw, h + 2 * p, wd + 2 * p, dtype=acc, device=x.device)
-        wt = w.unsqueeze(1)
-        for t, dy, dx in _taps(k):
-            _shifted(gxp, dy, dx, h, wd).addcmul_(gy, wt[:, :, :, t])
-        grad_x = gxp[..., p : p + h, p : p + wd].reshape(n, c, h, wd).to(x.dtype)
+        # input position q received w[t, q - off_t] * gy[q - off_t]: scatter back along the same slices
+        gxp = torch.zeros(n, g, cw, (h + 2 * grid.p + 1) * grid.row, dtype=acc, device=x.device)
+        wp = grid.pad_right(w).unsqueeze(1)
+        for t, off in enumerate(grid.offsets()):
+            gxp[..., off: off + grid.length].addcmul_(gyp, wp[:, :, :, t])
+        gxp = gxp.view(n, c, h + 2 * grid.p + 1, grid.row)
+        grad_x = gxp[..., grid.p: grid.p + h, grid.p: grid.p + wd].to(x.dtype)
     if need_w:
-        xp = F.pad(x, (p, p, p, p)).view(n, g, cw, h + 2 * p, wd + 2 * p)
-        grad_w = torch.empty(n, cw, k * k, h, wd, dtype=acc, device=x.device)
-        for t, dy, dx in _taps(k):
-            # channels sharing a kernel contribute to its gradient: sum over the groups
-            torch.sum(_shifted(xp, dy, dx, h, wd) * gy, dim=1, dtype=acc, out=grad_w[:, :, t])
-        grad_w = grad_w.to(w.dtype)
+        xp = grid.pad_input(x.contiguous()).view(n, g, cw, -1)
+        grad_wp = torch.empty(n, cw, k * k, grid.length, dtype=acc, device=x.device)
+        for t, off in enumerate(grid.offsets()):
+            # channels sharing a kernel all contribute to its gradient: sum over the groups
+            torch.sum(xp[..., off: off + grid.length] * gyp, dim=1, dtype=acc, out=grad_wp[:, :, t])
+        grad_w = grid.crop(grad_wp).to(w.dtype)
     return grad_x, grad_w
 
 
@@ -138,10 +161,30 @@ class _SKAShift(torch.autograd.Function):
         return _ska_shift_backward(gy, x, w, ctx.k, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 
+# Below this many input elements the K*K small ops of the shift form cost more in dispatch
+# than the unfold form's three large ones (measured by benchmarks/bench_ska.py at batch 1).
+_SMALL = 16384
+
+
+def _ska_cpu(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    if x.numel() <= _SMALL:
+        # the reference's few large ops, differentiated by autograd
+        acc = _accumulate_dtype(x.dtype)
+        n, c, h, wd = x.shape
+        cw = w.shape[1]
+        cols = F.unfold(x.to(acc), k, padding=(k - 1) // 2).view(n, c // cw, cw, k * k, h, wd)
+        return (cols * w.to(acc).unsqueeze(1)).sum(dim=3).reshape(n, c, h, wd).to(x.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _SKAShift.apply(x, w)
+    return _ska_shift_forward(x, w, k)  # inference: skip the autograd.Function's overhead
+
+
 def ska_shift(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Shifted multiply-accumulate SKA with a matching hand-written backward."""
-    check_ska_shapes(x, w)
-    return _SKAShift.apply(x, w)
+    """Shifted multiply-accumulate SKA with a matching hand-written backward (CPU default).
+
+    Inputs of at most ``_SMALL`` elements take the unfold form instead, which is faster there.
+    """
+    return _ska_cpu(x, w, check_ska_shapes(x, w))
 
 
 # Device type -> implementation. Other modules (e.g. the Triton kernels) register here,
@@ -160,13 +203,13 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     Dispatches on the device of ``x``: a registered backend when there is one, otherwise
     the shifted multiply-accumulate path, which runs anywhere PyTorch does.
     """
-    check_ska_shapes(x, w)
+    k = check_ska_shapes(x, w)
     fn = _BACKENDS.get(x.device.type)
     if fn is None and x.device.type == "cuda":
         fn = _load_triton_backend()
     if fn is not None:
         return fn(x, w)
-    return _SKAShift.apply(x, w)
+    return _ska_cpu(x, w, k)
 
 
 _TRITON_TRIED = False
