@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import info
+from . import bench, export, info
 
 
 class CLIError(Exception):
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info.add_parser(sub)
+    bench.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
@@ -36,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError) as err:
+    except (CLIError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"lsnet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

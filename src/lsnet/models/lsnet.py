@@ -151,7 +151,9 @@ class LSConv(nn.Module):
         self.bn = nn.BatchNorm2d(dim)
 
     def forward(self, x):
-        return self.bn(self.ska(x, self.lkp(x))) + x
+        w = self.lkp(x)
+        # under autocast the GroupNorm runs in float32 while x may be bfloat16/float16
+        return self.bn(self.ska(x, w.to(x.dtype))) + x
 
 
 def attention_bias_index(height: int, width: int, table_width: Optional[int] = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ska", "ska_reference", "ska_shift", "check_ska_shapes", "register_ska_backend", "SKA"]
+__all__ = ["ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend", "SKA"]
 
 
 def check_ska_shapes(x: torch.Tensor, w: torch.Tensor) -> int:
@@ -166,6 +166,29 @@ class _SKAShift(torch.autograd.Function):
 _SMALL = 16384
 
 
+def ska_functional(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """SKA as out-of-place standard ops (pad, slice, multiply, add) on the flat grid.
+
+    Used while tracing for ``torch.compile`` (which fuses it into one loop) and for ONNX
+    export (every op is a standard ONNX operator); autograd differentiates it directly.
+    """
+    k = check_ska_shapes(x, w)
+    n, c, h, wd = x.shape
+    cw = w.shape[1]
+    grid = _FlatGrid(h, wd, k)
+    xp = grid.pad_input(x).reshape(n, c // cw, cw, -1)
+    wp = grid.pad_right(w).unsqueeze(1)
+    y = None
+    for t, off in enumerate(grid.offsets()):
+        term = xp[..., off: off + grid.length] * wp[:, :, :, t]
+        y = term if y is None else y + term
+    return grid.crop(y.reshape(n, c, grid.length))
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def _ska_cpu(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     if x.numel() <= _SMALL:
         # the reference's few large ops, differentiated by autograd
@@ -204,6 +227,8 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     the shifted multiply-accumulate path, which runs anywhere PyTorch does.
     """
     k = check_ska_shapes(x, w)
+    if _tracing():  # torch.compile / export see plain ops, which they fuse or translate
+        return ska_functional(x, w)
     fn = _BACKENDS.get(x.device.type)
     if fn is None and x.device.type == "cuda":
         fn = _load_triton_backend()

@@ -1,0 +1,248 @@
+"""Inference speed of LSNet and peer models: warm, interleaved runs, as ``lsnet bench`` prints them.
+
+Every (model, runtime, batch) configuration is built and warmed up first; then each round
+times every configuration once in turn, so that drift of a shared, noisy machine hits all
+of them alike. Results are per-call medians with min and max over the rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..models import fuse as fuse_model
+from .profile import count_macs
+
+__all__ = ["BenchConfig", "BenchResult", "run_benchmark", "format_markdown", "plot_results", "PAPER_TABLE1",
+           "peak_memory_mb"]
+
+# Facts from the LSNet paper's Table 1 (ImageNet-1K top-1 %, and RTX 3090 throughput in img/s),
+# keyed by timm model name. Distilled results carry the teacher's help (marked * in the paper).
+PAPER_TABLE1: Dict[str, Dict[str, float]] = {
+    "lsnet_t": {"top1": 74.9, "throughput": 14708}, "lsnet_t_distill": {"top1": 76.1, "throughput": 14708},
+    "lsnet_s": {"top1": 77.8, "throughput": 9023}, "lsnet_s_distill": {"top1": 79.0, "throughput": 9023},
+    "lsnet_b": {"top1": 80.3, "throughput": 3996}, "lsnet_b_distill": {"top1": 81.6, "throughput": 3996},
+    "edgenext_xx_small": {"top1": 71.2, "throughput": 5089}, "fasternet_t0": {"top1": 71.9, "throughput": 14467},
+    "efficientvit_m3": {"top1": 73.4, "throughput": 14613}, "starnet_s1": {"top1": 73.5, "throughput": 5034},
+    "edgenext_x_small": {"top1": 75.0, "throughput": 3118},
+    "mobilenetv3_large_100": {"top1": 75.2, "throughput": 7921}, "fastvit_t8": {"top1": 75.6, "throughput": 3909},
+    "efficientformerv2_s0": {"top1": 75.7, "throughput": 1329}, "fasternet_t1": {"top1": 76.2, "throughput": 8660},
+    "efficientnet_b0": {"top1": 77.1, "throughput": 4481}, "poolformer_s12": {"top1": 77.2, "throughput": 2769},
+    "shvit_s3": {"top1": 77.4, "throughput": 8993}, "repvit_m0_9": {"top1": 77.4, "throughput": 4817},
+    "swiftformer_s": {"top1": 78.5, "throughput": 3376}, "fastvit_t12": {"top1": 79.1, "throughput": 2586},
+    "efficientformer_l1": {"top1": 79.2, "throughput": 3280}, "edgenext_small": {"top1": 79.4, "throughput": 2128},
+    "repvit_m1_1": {"top1": 79.4, "throughput": 3604},
+}
+
+
+@dataclass
+class BenchConfig:
+    """What to measure."""
+
+    models: Sequence[str]
+    batch_sizes: Sequence[int] = (1, 16)
+    device: str = "cpu"
+    dtype: str = "float32"  # or "bfloat16" / "float16": autocast
+    fuse: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    onnx: bool = False
+    img_size: int = 224
+    warmup: int = 3
+    rounds: int = 10
+    threads: Optional[int] = None
+
+
+@dataclass
+class BenchResult:
+    """Timings of one (model, runtime, batch) configuration."""
+
+    model: str
+    runtime: str
+    batch: int
+    params: int
+    gmacs: float
+    times_ms: List[float] = field(default_factory=list)  # per call (one batch), one per round
+    peak_mem_mb: Optional[float] = None
+
+    @property
+    def ms_per_image(self) -> Dict[str, float]:
+        per = [t / self.batch for t in self.times_ms]
+        return {"min": min(per), "median": statistics.median(per), "max": max(per)}
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 / self.ms_per_image["median"]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(ms_per_image=self.ms_per_image, images_per_s=self.images_per_s)
+        return d
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak tensor memory while running ``fn`` once: CUDA's allocator statistics, or on the
+    CPU the running sum of the profiler's allocation and free events."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2 ** 20
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _build_model(name: str, cfg: BenchConfig, device: torch.device) -> nn.Module:
+    import timm
+
+    model = timm.create_model(name, pretrained=False).eval()
+    if cfg.fuse:
+        model = fuse_model(model, inplace=True)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(cfg: BenchConfig, device: torch.device):
+    if cfg.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, cfg.dtype))
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[BenchResult]:
+    """Measure every configuration of ``cfg``; returns one result per (model, runtime, batch)."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    runtime = "pytorch" + ("-compiled" if cfg.compile else "")
+    entries = []  # (result, callable)
+    tmp = tempfile.TemporaryDirectory(prefix="lsnet-bench-")
+    try:
+        for i, name in enumerate(cfg.models):
+            log(f"[{i + 1}/{len(cfg.models)}] building {name}")
+            model = _build_model(name, cfg, device)
+            params = sum(p.numel() for p in model.parameters())
+            gmacs = count_macs(model, cfg.img_size)[0] / 1e9
+            runner = torch.compile(model) if cfg.compile else model
+            for b in cfg.batch_sizes:
+                x = torch.randn(b, 3, cfg.img_size, cfg.img_size, device=device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+
+                def call(runner=runner, x=x):
+                    with torch.inference_mode(), _autocast(cfg, device):
+                        runner(x)
+                    sync()
+
+                entries.append((BenchResult(name, runtime, b, params, gmacs), call))
+            if cfg.onnx:
+                from .export import export_onnx, onnx_session
+
+                log(f"[{i + 1}/{len(cfg.models)}] exporting {name} to ONNX")
+                cpu_model = fuse_model(_build_model(name, BenchConfig(models=[name]), torch.device("cpu")))
+                path = export_onnx(cpu_model, Path(tmp.name) / f"{name}.onnx", (cfg.img_size, cfg.img_size))
+                session = onnx_session(path, cfg.threads)
+                for b in cfg.batch_sizes:
+                    xn = torch.randn(b, 3, cfg.img_size, cfg.img_size).numpy()
+                    entries.append((BenchResult(name, "onnxruntime", b, params, gmacs),
+                                    lambda s=session, xn=xn: s.run(None, {"input": xn})))
+        for k, (res, call) in enumerate(entries):
+            log(f"warm-up {k + 1}/{len(entries)}: {res.model} {res.runtime} batch {res.batch}")
+            for _ in range(cfg.warmup):
+                call()
+            if res.runtime != "onnxruntime":
+                res.peak_mem_mb = peak_memory_mb(call, device)
+        for r in range(cfg.rounds):
+            log(f"round {r + 1}/{cfg.rounds}")
+            for res, call in entries:
+                start = time.perf_counter()
+                call()
+                res.times_ms.append((time.perf_counter() - start) * 1e3)
+    finally:
+        tmp.cleanup()
+    return [res for res, _ in entries]
+
+
+def format_markdown(results: Sequence[BenchResult]) -> str:
+    """The results as a markdown table (ms/image as median, min-max)."""
+    lines = ["| model | runtime | batch | params (M) | GMACs | ms/image median (min-max) | images/s | peak MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        m = r.ms_per_image
+        mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "-"
+        lines.append(f"| {r.model} | {r.runtime} | {r.batch} | {r.params / 1e6:.2f} | {r.gmacs:.3f} | "
+                     f"{m['median']:.2f} ({m['min']:.2f}-{m['max']:.2f}) | {r.images_per_s:.1f} | {mem} |")
+    return "\n".join(lines)
+
+
+def write_json(results: Sequence[BenchResult], cfg: BenchConfig, path) -> None:
+    """Raw numbers, with the configuration and the machine, as JSON."""
+    import platform
+
+    payload = {"config": asdict(cfg), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "results": [r.to_dict() for r in results]}
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def plot_results(results: Sequence[BenchResult], path, title: str = "") -> None:
+    """Throughput against GMACs and against the paper's top-1, one series per runtime and batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    series = sorted({(r.runtime, r.batch) for r in results})
+    for runtime, batch in series:
+        rows = [r for r in results if r.runtime == runtime and r.batch == batch]
+        label = f"{runtime}, batch {batch}"
+        axes[0].scatter([r.gmacs for r in rows], [r.images_per_s for r in rows], label=label)
+        for r in rows:
+            axes[0].annotate(r.model, (r.gmacs, r.images_per_s), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        known = [r for r in rows if r.model in PAPER_TABLE1]
+        axes[1].scatter([r.images_per_s for r in known], [PAPER_TABLE1[r.model]["top1"] for r in known], label=label)
+        for r in known:
+            axes[1].annotate(r.model, (r.images_per_s, PAPER_TABLE1[r.model]["top1"]), fontsize=7,
+                             xytext=(3, 3), textcoords="offset points")
+    axes[0].set_xlabel("GMACs per image")
+    axes[0].set_ylabel("images / s")
+    axes[1].set_xlabel("images / s (measured)")
+    axes[1].set_ylabel("ImageNet top-1 % (LSNet paper, Table 1)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Inference throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""Deployment: ONNX / TorchScript / torch.export round trips, torch.compile, and `lsnet bench`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import lsnet
+from conftest import load_fixture, rel_err
+from lsnet.cli.main import main
+from lsnet.deploy.export import export_model, onnx_session
+from lsnet.models.lsnet import LSNet
+
+
+def trained_like(name="lsnet_t", **kwargs):
+    """A model with non-trivial BatchNorm statistics, so that fusion and export are exercised."""
+    model = timm.create_model(name, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+    return model.eval()
+
+
+def test_onnx_round_trip_dynamic_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = lsnet.fuse(trained_like())
+    res = export_model(model, tmp_path / "m.onnx", "onnx")
+    assert res.max_rel_err < 1e-4 and res.size_mb > 1
+    session = onnx_session(res.path)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 224, 224)
+        out = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            assert out.shape == (batch, 1000)
+            assert rel_err(torch.from_numpy(out), model(x)) < 1e-4
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert "Conv" in ops and not any(op.startswith("ATen") or op == "PythonOp" for op in ops)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "torch-export"])
+def test_other_export_formats(tmp_path, fmt):
+    model = lsnet.fuse(trained_like(num_classes=7))
+    res = export_model(model, tmp_path / "m.bin", fmt, img_size=(128, 128))
+    assert res.max_rel_err < 1e-5
+
+
+def test_export_cli_with_release_checkpoint(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    src = trained_like(num_classes=10)
+    torch.save({"model": {"module." + k: v for k, v in src.state_dict().items()}}, tmp_path / "ck.pth")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "lsnet_t", "--num-classes", "10", "--checkpoint", str(tmp_path / "ck.pth"),
+                 "--output", str(out)]) == 0
+    assert "(OK)" in capsys.readouterr().out
+    x = torch.randn(2, 3, 224, 224)
+    got = onnx_session(out).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(got), src(x)) < 1e-4  # the checkpoint's weights, not random ones
+
+
+def test_torch_compile_inference_and_training():
+    # small but with every block kind: RepVGG+SE, LSConv (stage 3) and attention (stage 4)
+    cfg = dict(embed_dim=(16, 32, 48, 64), depth=(0, 1, 2, 2), num_heads=(2, 2, 2, 2), key_dim=(8, 8, 8, 8),
+               img_size=64, num_classes=5)
+    torch.manual_seed(0)
+    eager = LSNet(**cfg).double()
+    twin = LSNet(**cfg).double()
+    twin.load_state_dict(eager.state_dict())
+    compiled = torch.compile(twin)
+    x = torch.randn(3, 3, 64, 80, dtype=torch.float64)
+    target = torch.tensor([1, 4, 0])
+    loss_e = torch.nn.functional.cross_entropy(eager(x), target)
+    loss_c = torch.nn.functional.cross_entropy(compiled(x), target)
+    loss_e.backward()
+    loss_c.backward()
+    assert abs(loss_e.item() - loss_c.item()) < 1e-10
+    for (name, a), b in zip(eager.named_parameters(), twin.parameters()):
+        # some gradients are zero up to rounding (a bias followed by a training-mode BN)
+        assert torch.allclose(b.grad, a.grad, rtol=1e-8, atol=1e-12), name
+    with torch.no_grad():
+        assert rel_err(compiled.eval()(x), eager.eval()(x)) < 1e-10
+
+
+def test_bench_cli_runs_and_numbers_are_well_formed(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    prefix = tmp_path / "b" / "bench"
+    assert main(["bench", "--models", "lsnet_t,efficientvit_m0", "--batch-sizes", "1,2", "--img-size", "64",
+                 "--rounds", "2", "--warmup", "1", "--fuse", "--onnx", "--output", str(prefix)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| lsnet_t") or line.startswith("| efficientvit")]
+    assert len(rows) == 8  # 2 models x 2 batches x (pytorch, onnxruntime)
+    data = json.loads(prefix.with_suffix(".json").read_text())
+    assert data["config"]["fuse"] is True and len(data["results"]) == 8
+    for r in data["results"]:
+        assert len(r["times_ms"]) == 2 and all(t > 0 for t in r["times_ms"])
+        m = r["ms_per_image"]
+        assert 0 < m["min"] <= m["median"] <= m["max"]
+        assert r["images_per_s"] == pytest.approx(1e3 / m["median"])
+        assert r["gmacs"] > 0 and r["params"] > 0
+        if r["runtime"] == "pytorch":
+            assert r["peak_mem_mb"] > 0
+    png = prefix.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_unknown_model(capsys):
+    assert main(["bench", "--models", "lsnet_q"]) == 2
+    assert "unknown timm model(s): lsnet_q" in capsys.readouterr().err
+
+
+def test_peak_memory_counts_allocations():
+    from lsnet.deploy.bench import peak_memory_mb
+
+    def work():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = torch.ones(2048, 1024)  # 8 MiB, both alive
+        return float(a.sum() + b.sum())
+
+    assert 11.9 < peak_memory_mb(work, torch.device("cpu")) < 14
