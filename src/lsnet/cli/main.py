@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import bench, export, info
+from . import bench, evaluate, export, info, predict, train
 
 
 class CLIError(Exception):
@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsnet", description="LSNet: See Large, Focus Small (CVPR 2025).")
     parser.add_argument("--version", action="store_true", help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train.add_parser(sub)
+    evaluate.add_parser(sub)
+    predict.add_parser(sub)
     info.add_parser(sub)
     bench.add_parser(sub)
     export.add_parser(sub)

@@ -153,8 +153,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
             model = _build_model(name, cfg, device)
             params = sum(p.numel() for p in model.parameters())
             gmacs = count_macs(model, cfg.img_size)[0] / 1e9
-            runner = torch.compile(model) if cfg.compile else model
             for b in cfg.batch_sizes:
+                # one static graph per batch size: switching sizes between rounds must not recompile
+                runner = torch.compile(model, dynamic=False) if cfg.compile else model
                 x = torch.randn(b, 3, cfg.img_size, cfg.img_size, device=device)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -180,7 +181,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
             log(f"warm-up {k + 1}/{len(entries)}: {res.model} {res.runtime} batch {res.batch}")
             for _ in range(cfg.warmup):
                 call()
-            if res.runtime != "onnxruntime":
+            # the CPU profiler does not see the allocations of compiled code: report none there
+            if res.runtime == "pytorch" or device.type == "cuda" and res.runtime != "onnxruntime":
                 res.peak_mem_mb = peak_memory_mb(call, device)
         for r in range(cfg.rounds):
             log(f"round {r + 1}/{cfg.rounds}")

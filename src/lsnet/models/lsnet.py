@@ -75,7 +75,10 @@ class Residual(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        return x + self.drop_path(self.m(x))
+        out = self.drop_path(self.m(x))
+        if not torch.is_grad_enabled():
+            return out.add_(x)  # inference: m(x) is a fresh tensor, reuse its memory
+        return x + out
 
 
 class FFN(nn.Module):
@@ -472,6 +475,9 @@ class LSNet(nn.Module):
             del self.head_dist
             self.distillation = False
         fuse_modules(self)
+        for m in self.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = True  # every ReLU here follows a conv whose output nothing else reads
         return self.eval()
 
 

@@ -1,0 +1,111 @@
+"""What a training run shows and leaves behind: progress bars, ``metrics.jsonl``, ``curves.png``
+(and TensorBoard scalars when it is installed and asked for)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+__all__ = ["MetricsLog", "progress_bar", "plot_curves", "read_metrics"]
+
+
+class _NoBar:
+    def update(self, n=1, **postfix):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Bar:
+    """tqdm with a postfix, writing to stderr."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                         mininterval=0.5, disable=None)
+
+    def update(self, n=1, **postfix):
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(n)
+
+    def close(self):
+        self._bar.close()
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A progress bar for ``total`` steps (nothing on non-main processes)."""
+    return _Bar(total, desc) if enabled else _NoBar()
+
+
+def read_metrics(path) -> List[Dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: List[Dict[str, Any]], path) -> None:
+    """Training loss, validation top-1 (model and EMA) and learning rate against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].plot(epochs, [r["train_loss"] for r in records], marker="o", ms=3)
+    axes[0].set_title("training loss")
+    axes[1].plot(epochs, [r["val_top1"] for r in records], marker="o", ms=3, label="model")
+    if any("ema_top1" in r for r in records):
+        axes[1].plot(epochs, [r.get("ema_top1") for r in records], marker="o", ms=3, label="EMA")
+    axes[1].set_title("validation top-1 (%)")
+    axes[1].legend()
+    axes[2].plot(epochs, [r["lr"] for r in records], marker="o", ms=3)
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+class MetricsLog:
+    """Appends one JSON object per epoch to ``metrics.jsonl`` and redraws ``curves.png``."""
+
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
+        self.out, self.enabled = Path(out), enabled
+        self.records: List[Dict[str, Any]] = []
+        self._tb = None
+        if enabled and (self.out / "metrics.jsonl").exists():
+            self.records = read_metrics(self.out / "metrics.jsonl")  # a resumed run continues its log
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                print("note: --tensorboard needs the tensorboard package; skipping it", file=sys.stderr)
+
+    def append(self, record: Dict[str, Any]) -> None:
+        """Log the record of one finished epoch."""
+        if not self.enabled:
+            return
+        # a resumed run may repeat epochs after the last checkpoint: keep the newest
+        self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        plot_curves(self.records, self.out / "curves.png")
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._tb.add_scalar(key, value, record["epoch"])
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self._tb is not None:
+            self._tb.close()
