@@ -210,7 +210,8 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
         if hasattr(model, "set_distilled_training"):
             model.set_distilled_training(cfg.distillation != "none")
         lr = total_lr(cfg, info.world_size)
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay)
+        opt_kwargs = {"fused": True} if cfg.opt in ("adam", "adamw") else {}  # one kernel, not a loop over tensors
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, **opt_kwargs)
         updates_per_epoch = len(train_loader)
         scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
                                            warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,

@@ -19,6 +19,7 @@ Two CPU implementations live here:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Dict
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend", "SKA"]
+__all__ = ["ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend", "ska_backend", "SKA"]
 
 
 def check_ska_shapes(x: torch.Tensor, w: torch.Tensor) -> int:
@@ -218,6 +219,20 @@ _BACKENDS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
 def register_ska_backend(device_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Use ``fn(x, w)`` for SKA on tensors of ``device_type`` (e.g. ``"cuda"``)."""
     _BACKENDS[device_type] = fn
+
+
+@contextlib.contextmanager
+def ska_backend(device_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Temporarily route SKA on ``device_type`` to ``fn`` (e.g. to benchmark the reference)."""
+    previous = _BACKENDS.get(device_type)
+    _BACKENDS[device_type] = fn
+    try:
+        yield
+    finally:
+        if previous is None:
+            _BACKENDS.pop(device_type, None)
+        else:
+            _BACKENDS[device_type] = previous
 
 
 def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
