@@ -274,3 +274,11 @@ def test_ddp_training_run_and_its_checkpoint_evaluates(tmp_path, capsys):
     assert "2 process(es)" in res.stdout
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data", "digits"]) == 0
+
+
+def test_bfloat16_autocast_training(tmp_path):
+    res = train(fast_cfg(tmp_path, epochs=1, amp="bfloat16"))
+    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert ck["config"]["amp"] == "bfloat16" and res["best_top1"] >= 0
+    assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # weights stay float32
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

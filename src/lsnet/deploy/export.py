@@ -59,6 +59,9 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    # idle onnxruntime threads busy-wait by default, stealing the cores PyTorch runs on in between
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
