@@ -1,0 +1,241 @@
+"""LSNet backbones with an FPN neck for torchvision's RetinaNet and Mask R-CNN, and a
+Semantic FPN for semantic segmentation.
+
+The neck follows the release's detection code: lateral 1x1 and output 3x3 convolutions to
+256 channels over the four LSNet stages (strides 8, 16, 32, 64); RetinaNet adds a level on
+top with a stride-2 convolution on the last backbone feature (strides 8-128); Mask R-CNN
+and Semantic FPN add one level below, at stride 4, with a transposed convolution (the
+release's ``num_extra_trans_convs=1``). Inputs of any size work: the top-down pathway
+upsamples to the size of the lateral it is added to, not by a fixed factor of two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["LSNetBackbone", "LSNetFPN", "SemanticFPN", "retinanet_lsnet", "maskrcnn_lsnet", "semantic_fpn_lsnet",
+           "retinanet_lsnet_t", "retinanet_lsnet_s", "retinanet_lsnet_b", "maskrcnn_lsnet_t", "maskrcnn_lsnet_s",
+           "maskrcnn_lsnet_b", "semantic_fpn_lsnet_t", "semantic_fpn_lsnet_s", "semantic_fpn_lsnet_b"]
+
+
+class LSNetBackbone(nn.Module):
+    """The four LSNet stages as a feature extractor (strides 8, 16, 32, 64).
+
+    Args:
+        variant: ``lsnet_t`` / ``lsnet_s`` / ``lsnet_b``.
+        checkpoint: classification weights to start from (the release's or ours); the
+            classifier is dropped.
+        norm_eval: keep every BatchNorm in eval mode (statistics frozen) while training, as
+            the release's detection and segmentation configs do.
+        frozen_stages: freeze the stem and this many first stages (-1: nothing frozen).
+    """
+
+    def __init__(self, variant: str = "lsnet_t", checkpoint: Optional[str] = None, norm_eval: bool = True,
+                 frozen_stages: int = -1):
+        super().__init__()
+        import timm
+
+        import lsnet  # noqa: F401  registers the variants
+        from ..models import load_checkpoint
+
+        self.body = timm.create_model(variant, features_only=True, out_indices=(0, 1, 2, 3))
+        if checkpoint:
+            load_checkpoint(self.body, checkpoint, drop_head=True)
+        self.channels: List[int] = self.body.feature_info.channels()
+        self.strides: List[int] = self.body.feature_info.reduction()
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        net = self.body.model
+        if self.frozen_stages < 0:
+            return []
+        return [net.patch_embed] + [getattr(net, f"blocks{i + 1}") for i in range(self.frozen_stages)]
+
+    def _freeze(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.body(x)
+
+
+class LSNetFPN(nn.Module):
+    """Backbone + FPN returning an ``OrderedDict`` of 256-channel maps, as torchvision's
+    detectors expect (``out_channels`` attribute).
+
+    Args:
+        backbone: an :class:`LSNetBackbone`.
+        out_channels: FPN width (256).
+        extra_top: levels added above stride 64 with stride-2 3x3 convs (RetinaNet: 1, the
+            first on the last backbone feature, further ones on the previous level after ReLU).
+        extra_trans: levels added below stride 8 with 2x2 stride-2 transposed convs on the
+            finest FPN map, each followed by a 3x3 output conv (Mask R-CNN, Semantic FPN: 1).
+    """
+
+    def __init__(self, backbone: LSNetBackbone, out_channels: int = 256, extra_top: int = 0, extra_trans: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.out_channels = out_channels
+        chans = backbone.channels
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in chans)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in chans)
+        self.extra_top = nn.ModuleList(
+            nn.Conv2d(chans[-1] if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
+            for i in range(extra_top))
+        self.extra_trans = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2),
+                          nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            for _ in range(extra_trans))
+        first = backbone.strides[0]
+        self.strides = ([first >> (i + 1) for i in reversed(range(extra_trans))] + list(backbone.strides)
+                        + [backbone.strides[-1] << (i + 1) for i in range(extra_top)])
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not _inside(m, backbone):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(laterals) - 1, 0, -1):  # top-down: upsample to the exact lateral size
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
+                                                              mode="nearest")
+        outs = [conv(lat) for conv, lat in zip(self.output, laterals)]
+        for i, conv in enumerate(self.extra_top):
+            outs.append(conv(feats[-1] if i == 0 else F.relu(outs[-1])))
+        for trans in self.extra_trans:
+            outs.insert(0, trans(outs[0]))
+        return OrderedDict((str(i), o) for i, o in enumerate(outs))
+
+
+def _inside(module: nn.Module, parent: nn.Module) -> bool:
+    return any(module is m for m in parent.modules())
+
+
+class SemanticFPN(nn.Module):
+    """Semantic FPN (Kirillov et al., 2019): per-level conv-norm-ReLU(-upsample x2) towers
+    brought to the finest level, summed, a 1x1 classifier, upsampled to the input size.
+
+    ``forward`` returns logits (N, num_classes, H, W) at the input resolution.
+    """
+
+    def __init__(self, fpn: LSNetFPN, num_classes: int, channels: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.fpn = fpn
+        self.num_classes = num_classes
+        finest = fpn.strides[0]
+        self.towers = nn.ModuleList()
+        for stride in fpn.strides:
+            steps = max(int(round(math.log2(stride / finest))), 0)
+            layers: List[nn.Module] = []
+            for k in range(max(steps, 1)):
+                layers += [nn.Conv2d(fpn.out_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+                if steps > 0:
+                    layers.append(_Upsample2x())
+            self.towers.append(nn.Sequential(*layers))
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.fpn(x).values())
+        target = feats[0].shape[-2:]
+        out = None
+        for tower, f in zip(self.towers, feats):
+            y = tower(f)
+            if y.shape[-2:] != target:  # odd sizes: the x2 steps may over- or undershoot by a pixel
+                y = F.interpolate(y, size=target, mode="bilinear", align_corners=False)
+            out = y if out is None else out + y
+        logits = self.classifier(self.dropout(out))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class _Upsample2x(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+# ----- builders -----------------------------------------------------------------------------
+
+def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
+                    norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
+                    **kwargs):
+    """torchvision RetinaNet on LSNet-FPN (strides 8-128), anchors as the release's RetinaNet:
+    octave base scale 4, 3 scales per octave, aspect ratios 0.5, 1, 2.
+
+    ``num_classes`` counts the object classes; labels run from 1 to num_classes.
+    """
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_top=1)
+    sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in fpn.strides)
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+    model = RetinaNet(fpn, num_classes=num_classes + 1, anchor_generator=anchors, min_size=min_size,
+                      max_size=max_size, **kwargs)
+    model.transform.size_divisible = 64
+    return model
+
+
+def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
+                   norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
+                   **kwargs):
+    """torchvision Mask R-CNN on LSNet-FPN (strides 4-64: one transposed-conv level below the
+    backbone's stride 8). RoI heads pool from strides 4-32; the RPN uses all five levels."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_trans=1)
+    anchors = AnchorGenerator(sizes=tuple((8 * s,) for s in fpn.strides),
+                              aspect_ratios=((0.5, 1.0, 2.0),) * len(fpn.strides))
+    names = [str(i) for i in range(4)]
+    model = MaskRCNN(fpn, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
+                     box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+                     mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+                     min_size=min_size, max_size=max_size, **kwargs)
+    model.transform.size_divisible = 64
+    return model
+
+
+def semantic_fpn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
+                       norm_eval: bool = True, frozen_stages: int = -1, channels: int = 128) -> SemanticFPN:
+    """Semantic FPN on LSNet-FPN (strides 4-64)."""
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_trans=1)
+    return SemanticFPN(fpn, num_classes, channels)
+
+
+def _named(builder, variant):
+    def build(num_classes: int, **kwargs):
+        return builder(variant, num_classes, **kwargs)
+
+    build.__name__ = f"{builder.__name__}_{variant.split('_')[1]}"
+    build.__doc__ = f"{builder.__doc__.splitlines()[0]} Backbone: {variant}."
+    return build
+
+
+retinanet_lsnet_t, retinanet_lsnet_s, retinanet_lsnet_b = (_named(retinanet_lsnet, v) for v in
+                                                           ("lsnet_t", "lsnet_s", "lsnet_b"))
+maskrcnn_lsnet_t, maskrcnn_lsnet_s, maskrcnn_lsnet_b = (_named(maskrcnn_lsnet, v) for v in
+                                                        ("lsnet_t", "lsnet_s", "lsnet_b"))
+semantic_fpn_lsnet_t, semantic_fpn_lsnet_s, semantic_fpn_lsnet_b = (_named(semantic_fpn_lsnet, v) for v in
+                                                                    ("lsnet_t", "lsnet_s", "lsnet_b"))

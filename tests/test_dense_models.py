@@ -1,0 +1,151 @@
+"""Dense prediction models: LSNet-FPN for RetinaNet / Mask R-CNN and Semantic FPN."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import lsnet
+from lsnet.dense.models import (LSNetBackbone, LSNetFPN, maskrcnn_lsnet_t, retinanet_lsnet_t,
+                                semantic_fpn_lsnet_t)
+
+
+def _targets(sizes, with_masks=False):
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [w * 0.5, h * 0.4, w * 0.9, h * 0.95]])
+        t = {"boxes": boxes, "labels": torch.tensor([1 + i % 3, 2])}
+        if with_masks:
+            masks = torch.zeros(2, h, w, dtype=torch.uint8)
+            for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+                masks[k, y1:y2, x1:x2] = 1
+            t["masks"] = masks
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 131), (256, 320)])
+def test_fpn_levels_at_any_size(size):
+    fpn = LSNetFPN(LSNetBackbone("lsnet_t"), extra_top=1, extra_trans=1).eval()
+    assert fpn.strides == [4, 8, 16, 32, 64, 128]
+    with torch.no_grad():
+        feats = fpn(torch.randn(1, 3, *size))
+    assert list(feats) == ["0", "1", "2", "3", "4", "5"]
+    assert all(f.shape[1] == 256 for f in feats.values())
+    # strides 8..64 follow the backbone's (s - 1) // 2 + 1 arithmetic; 4 is twice 8; 128 halves 64
+    side = list(size)
+    for _ in range(3):
+        side = [(v - 1) // 2 + 1 for v in side]
+    assert tuple(feats["1"].shape[-2:]) == tuple(side)
+    assert tuple(feats["0"].shape[-2:]) == tuple(2 * v for v in side)
+
+
+@pytest.mark.parametrize("sizes", [[(131, 170), (150, 119)], [(128, 128)]])
+def test_retinanet_losses_and_outputs(sizes):
+    model = retinanet_lsnet_t(num_classes=4, min_size=128, max_size=192)
+    images = [torch.rand(3, *s) for s in sizes]
+    losses = model.train()(images, _targets(sizes))
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.lateral[0].weight.grad is not None
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert len(out) == len(images) and all(set(o) == {"boxes", "scores", "labels"} for o in out)
+
+
+def test_retinanet_anchors_are_the_release_s():
+    model = retinanet_lsnet_t(num_classes=3)
+    gen = model.anchor_generator
+    assert len(gen.sizes) == 5 and gen.aspect_ratios[0] == (0.5, 1.0, 2.0)
+    for stride, sizes in zip((8, 16, 32, 64, 128), gen.sizes):
+        assert sizes == pytest.approx((4 * stride, 4 * stride * 2 ** (1 / 3), 4 * stride * 2 ** (2 / 3)))
+
+
+def test_detection_image_800x1333_like():
+    model = retinanet_lsnet_t(num_classes=2).eval()  # min_size 800, max_size 1333
+    with torch.no_grad():
+        out = model([torch.rand(3, 600, 1000), torch.rand(3, 427, 640)])
+    assert len(out) == 2
+    sizes = model.transform(
+        [torch.rand(3, 600, 1000), torch.rand(3, 427, 640)])[0].tensors.shape[-2:]
+    assert sizes[0] % 64 == 0 and sizes[1] % 64 == 0 and max(sizes) <= 1344
+
+
+def test_maskrcnn_losses_and_masks():
+    sizes = [(131, 170), (150, 119)]
+    model = maskrcnn_lsnet_t(num_classes=3, min_size=128, max_size=192)
+    images = [torch.rand(3, *s) for s in sizes]
+    losses = model.train()(images, _targets(sizes, with_masks=True))
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert out[0]["masks"].shape[-2:] == sizes[0] and out[1]["masks"].shape[-2:] == sizes[1]
+
+
+@pytest.mark.parametrize("size", [(128, 128), (97, 131), (250, 181)])
+def test_semantic_fpn_output_and_loss(size):
+    model = semantic_fpn_lsnet_t(num_classes=5)
+    x = torch.rand(2, 3, *size)
+    logits = model(x)
+    assert logits.shape == (2, 5, *size)
+    target = torch.randint(0, 5, (2, *size))
+    target[:, :4] = 255  # ignored pixels
+    loss = F.cross_entropy(logits, target, ignore_index=255)
+    loss.backward()
+    assert torch.isfinite(loss) and model.classifier.weight.grad is not None
+
+
+def test_backbone_loads_classification_checkpoint_and_freezes(tmp_path):
+    cls = timm.create_model("lsnet_t")
+    with torch.no_grad():
+        cls.patch_embed[0].c.weight.normal_()
+    lsnet.save_checkpoint(cls, tmp_path / "cls.pth")
+    bb = LSNetBackbone("lsnet_t", checkpoint=str(tmp_path / "cls.pth"), norm_eval=True, frozen_stages=1)
+    assert torch.equal(bb.body.model.patch_embed[0].c.weight, cls.patch_embed[0].c.weight)
+    bb.train()
+    bns = [m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)  # statistics frozen
+    assert not any(p.requires_grad for p in bb.body.model.patch_embed.parameters())
+    assert all(p.requires_grad for p in bb.body.model.blocks2.parameters())
+    free = LSNetBackbone("lsnet_t", norm_eval=False).train()
+    assert all(m.training for m in free.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_short_training_lowers_the_losses():
+    torch.manual_seed(0)
+    # segmentation: fit two small images with a simple region layout
+    seg = semantic_fpn_lsnet_t(num_classes=3)
+    x = torch.rand(2, 3, 64, 64)
+    y = torch.zeros(2, 64, 64, dtype=torch.long)
+    y[:, 16:40, 10:40] = 1
+    y[:, 44:, 40:] = 2
+    x[:, 0][y == 1] += 1.0
+    x[:, 1][y == 2] += 1.0
+    opt = torch.optim.AdamW([p for p in seg.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = F.cross_entropy(seg(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    # detection: RetinaNet on one small image
+    det = retinanet_lsnet_t(num_classes=2, min_size=96, max_size=96)
+    img = [torch.rand(3, 96, 96)]
+    tgt = [{"boxes": torch.tensor([[16.0, 16.0, 70.0, 80.0]]), "labels": torch.tensor([1])}]
+    opt = torch.optim.AdamW([p for p in det.parameters() if p.requires_grad], lr=1e-4)
+    det.train()
+    losses = []
+    for _ in range(5):
+        loss = sum(det(img, tgt).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
