@@ -47,26 +47,28 @@ def read_metrics(path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: List[Dict[str, Any]], path) -> None:
-    """Training loss, validation top-1 (model and EMA) and learning rate against epoch."""
+def plot_curves(records: List[Dict[str, Any]], path, metric_keys=("val_top1", "ema_top1"),
+                metric_title: str = "validation top-1 (%)", x_key: str = "epoch") -> None:
+    """Training loss, validation metrics (the ``metric_keys`` present) and learning rate against
+    ``x_key`` (epoch, or iteration for iteration-based schedules)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] + 1 for r in records]
+    xs = [r[x_key] + (1 if x_key == "epoch" else 0) for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].plot(epochs, [r["train_loss"] for r in records], marker="o", ms=3)
+    axes[0].plot(xs, [r["train_loss"] for r in records], marker="o", ms=3)
     axes[0].set_title("training loss")
-    axes[1].plot(epochs, [r["val_top1"] for r in records], marker="o", ms=3, label="model")
-    if any("ema_top1" in r for r in records):
-        axes[1].plot(epochs, [r.get("ema_top1") for r in records], marker="o", ms=3, label="EMA")
-    axes[1].set_title("validation top-1 (%)")
+    for key in metric_keys:
+        if any(key in r for r in records):
+            axes[1].plot(xs, [r.get(key) for r in records], marker="o", ms=3, label=key)
+    axes[1].set_title(metric_title)
     axes[1].legend()
-    axes[2].plot(epochs, [r["lr"] for r in records], marker="o", ms=3)
-    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].plot(xs, [r["lr"] for r in records], marker="o", ms=3)
+    axes[2].set_title("learning rate")
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x_key)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = Path(str(path) + ".tmp.png")
@@ -78,8 +80,10 @@ def plot_curves(records: List[Dict[str, Any]], path) -> None:
 class MetricsLog:
     """Appends one JSON object per epoch to ``metrics.jsonl`` and redraws ``curves.png``."""
 
-    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, x_key: str = "epoch",
+                 metric_keys=("val_top1", "ema_top1"), metric_title: str = "validation top-1 (%)"):
         self.out, self.enabled = Path(out), enabled
+        self.x_key, self.metric_keys, self.metric_title = x_key, tuple(metric_keys), metric_title
         self.records: List[Dict[str, Any]] = []
         self._tb = None
         if enabled and (self.out / "metrics.jsonl").exists():
@@ -97,13 +101,14 @@ class MetricsLog:
         if not self.enabled:
             return
         # a resumed run may repeat epochs after the last checkpoint: keep the newest
-        self.records = [r for r in self.records if r["epoch"] < record["epoch"]] + [record]
+        x = self.x_key
+        self.records = [r for r in self.records if r[x] < record[x]] + [record]
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        plot_curves(self.records, self.out / "curves.png")
+        plot_curves(self.records, self.out / "curves.png", self.metric_keys, self.metric_title, x)
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
-                    self._tb.add_scalar(key, value, record["epoch"])
+                    self._tb.add_scalar(key, value, record[x])
 
     def close(self) -> None:
         """Flush TensorBoard."""

@@ -1,0 +1,181 @@
+"""``lsnet dense make-shapes``, ``lsnet detect train|eval|predict`` and ``lsnet segment train|eval|predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+
+def _ints(text: str):
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def add_parsers(sub) -> None:
+    """Register ``dense``, ``detect`` and ``segment``."""
+    dense = sub.add_parser("dense", help="dense-prediction utilities (make-shapes)")
+    dsub = dense.add_subparsers(dest="dense_command", metavar="COMMAND", required=True)
+    mk = dsub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO + ADE20K layouts)")
+    mk.add_argument("root", help="folder to write")
+    mk.add_argument("--num-train", type=int, default=200)
+    mk.add_argument("--num-val", type=int, default=50)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=run_make_shapes)
+    for task, archs in (("detect", ["retinanet", "maskrcnn"]), ("segment", ["semantic_fpn"])):
+        p = sub.add_parser(task, help=f"{'object detection / instance segmentation' if task == 'detect' else 'semantic segmentation'} "
+                                      f"with an LSNet backbone")
+        tsub = p.add_subparsers(dest=f"{task}_command", metavar="COMMAND", required=True)
+        tr = tsub.add_parser("train", help="train (presets: small for shapes, " +
+                                           ("1x" if task == "detect" else "40k") + " as in the paper)")
+        _common(tr, archs)
+        tr.add_argument("--preset", choices=["small", "1x" if task == "detect" else "40k"])
+        tr.add_argument("--backbone-checkpoint", help="classification weights for the backbone")
+        tr.add_argument("--output")
+        tr.add_argument("--epochs" if task == "detect" else "--iters", type=int)
+        tr.add_argument("--lr", type=float)
+        tr.add_argument("--weight-decay", type=float)
+        tr.add_argument("-b", "--batch-size", type=int)
+        tr.add_argument("--warmup-iters", type=int)
+        tr.add_argument("--frozen-stages", type=int)
+        tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep BatchNorm statistics frozen (default on)")
+        tr.add_argument("--resume")
+        tr.add_argument("-j", "--workers", type=int)
+        tr.add_argument("--seed", type=int)
+        if task == "detect":
+            tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
+            tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
+            tr.add_argument("--max-size", type=int)
+        else:
+            tr.add_argument("--crop-size", type=int)
+        tr.set_defaults(func=run_train, task=task)
+        ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
+        ev.add_argument("--checkpoint", required=True)
+        ev.add_argument("--data", default=None, help="default: the checkpoint's")
+        ev.add_argument("--json", metavar="FILE")
+        ev.add_argument("--device", default="auto")
+        ev.set_defaults(func=run_eval, task=task)
+        pr = tsub.add_parser("predict", help="draw predictions on images (PNG) and write them as JSON")
+        pr.add_argument("images", nargs="+", metavar="IMAGE")
+        pr.add_argument("--checkpoint", required=True)
+        pr.add_argument("--output", default="predictions")
+        pr.add_argument("--score-threshold", type=float, default=0.5)
+        pr.add_argument("--device", default="auto")
+        pr.set_defaults(func=run_predict, task=task)
+
+
+def _common(p, archs) -> None:
+    p.add_argument("--arch", choices=archs, help=f"default {archs[0]}")
+    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b"], default=None)
+    p.add_argument("--data", help="'shapes' (default; generated when missing) or a dataset root")
+    p.add_argument("--shapes-dir", help="where the shapes dataset lives (default data/shapes)")
+    p.add_argument("--device")
+
+
+def run_make_shapes(args: argparse.Namespace) -> int:
+    """Write the synthetic dataset."""
+    from ..dense.shapes import make_shapes
+
+    summary = make_shapes(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    for split, info in summary["splits"].items():
+        print(f"{split}: {info['num_images']} images, {info['num_annotations']} objects")
+    print(f"classes: {', '.join(summary['class_names'])}; written to {args.root}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    from ..dense.engine import DenseConfig
+
+    names = {f.name for f in __import__("dataclasses").fields(DenseConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None and k != "task"}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Resolve the configuration and train."""
+    from ..dense.engine import resolve_dense_config, train_dense
+
+    over = _overrides(args)
+    over.setdefault("output", f"output/{args.task}")
+    cfg = resolve_dense_config(args.task, over)
+    res = train_dense(cfg)
+    print(f"done: best {res['key']} {res['best'][res['key']]:.3f}; checkpoints {res['best_path']} and {res['last']}")
+    return 0
+
+
+def _load(path: str, device: torch.device):
+    from ..dense.engine import DenseConfig, build_dense_model
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if "config" not in ck or "task" not in ck["config"]:
+        raise ValueError(f"{path} is not a checkpoint written by lsnet detect/segment train")
+    cfg = DenseConfig(**{**ck["config"], "lr_steps": tuple(ck["config"]["lr_steps"]),
+                         "train_scales": tuple(ck["config"]["train_scales"]), "backbone_checkpoint": None})
+    model = build_dense_model(cfg, len(ck["class_names"]))
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg, ck["class_names"]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint and print the metrics."""
+    from ..dense.engine import build_dense_data, evaluate_dense
+    from ..engine.distributed import DistInfo, resolve_device
+
+    device = resolve_device(args.device, DistInfo())
+    model, cfg, names = _load(args.checkpoint, device)
+    if args.data:
+        cfg.data = args.data
+    _, val, _ = build_dense_data(cfg)
+    res = evaluate_dense(model, val, cfg, device)
+    print(f"{cfg.arch} ({cfg.backbone}) on {cfg.data} validation, {len(val)} images")
+    print("| metric | value |\n|---|---:|")
+    for k, v in res.items():
+        if not isinstance(v, list):
+            print(f"| {k} | {v:.4f} |")
+    if "per_class_iou" in res:
+        for name, iou in zip(names, res["per_class_iou"]):
+            print(f"| IoU {name} | {iou:.4f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Draw predictions (boxes, masks or label maps) and write PNG + JSON per image."""
+    from ..data import DataError, list_images, load_image
+    from ..dense import visualize as V
+    from ..engine.distributed import DistInfo, resolve_device
+
+    device = resolve_device(args.device, DistInfo())
+    model, cfg, names = _load(args.checkpoint, device)
+    out = Path(args.output)
+    failures = 0
+    import torchvision.transforms.functional as TF
+
+    for path in list_images(args.images):
+        try:
+            image = load_image(path)
+        except DataError as err:
+            print(f"{path}: skipped: {err}")
+            failures += 1
+            continue
+        x = TF.to_tensor(image).to(device)
+        with torch.no_grad():
+            if cfg.task == "detect":
+                pred = {k: v.cpu() for k, v in model([x])[0].items()}
+                drawn = V.draw_detections(image, pred, names, score_threshold=args.score_threshold)
+                data = V.detections_to_json(pred, names, score_threshold=args.score_threshold, image_path=str(path))
+                summary = f"{len(data['detections'])} detection(s)"
+            else:
+                label_map = model(x[None])[0].argmax(0).cpu()
+                drawn = V.draw_segmentation(image, label_map, names)
+                data = V.segmentation_to_json(label_map, names, image_path=str(path))
+                summary = "label map"
+        V.save_png(drawn, out / f"{Path(path).stem}_pred.png")
+        (out / f"{Path(path).stem}_pred.json").write_text(json.dumps(data, indent=2))
+        print(f"{path}: {summary} -> {out / (Path(path).stem + '_pred.png')}")
+    return 1 if failures else 0

@@ -1,0 +1,325 @@
+"""Training and evaluation of the dense models: the paper's schedules as presets, on the
+synthetic shapes set or on COCO / ADE20K-layout data, with the classification engine's
+checkpointing, progress bars, metrics and curves, and torchrun for several processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
+from ..engine.report import MetricsLog, progress_bar
+from ..engine.train import TrainingError, rng_state, seed_everything, set_rng_state
+from ..models.checkpoint import _atomic_write
+
+__all__ = ["DenseConfig", "DENSE_PRESETS", "resolve_dense_config", "train_dense", "evaluate_dense", "build_dense_model",
+           "build_dense_data"]
+
+ARCHS = {"detect": ("retinanet", "maskrcnn"), "segment": ("semantic_fpn",)}
+
+
+@dataclass
+class DenseConfig:
+    """A dense-prediction run. Detection counts epochs, segmentation iterations."""
+
+    task: str = "detect"  # detect | segment
+    arch: str = "retinanet"  # retinanet | maskrcnn | semantic_fpn
+    backbone: str = "lsnet_t"
+    backbone_checkpoint: Optional[str] = None
+    data: str = "shapes"  # 'shapes' (generated under shapes_dir when missing) or a dataset root
+    shapes_dir: str = "data/shapes"
+    output: str = "output/dense"
+    preset: str = "small"
+    epochs: int = 12  # detection
+    iters: int = 40000  # segmentation
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_iters: int = 500
+    lr_steps: Tuple[int, ...] = (8, 11)  # detection: epochs at which the lr drops 10x
+    poly_power: float = 0.9  # segmentation
+    batch_size: int = 2
+    min_size: int = 800  # detection: shorter side at evaluation
+    max_size: int = 1333
+    train_scales: Tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    crop_size: int = 512  # segmentation
+    norm_eval: bool = True
+    frozen_stages: int = -1
+    clip_grad: Optional[float] = None
+    eval_every: int = 1  # epochs (detection) or iterations // eval_interval (segmentation)
+    eval_interval: int = 4000  # segmentation: iterations between evaluations
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    resume: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DENSE_PRESETS: Dict[str, Dict[str, Any]] = {
+    # the paper's schedules (mmdetection 1x; mmsegmentation Semantic FPN 40k)
+    "1x": dict(epochs=12, lr=1e-4, weight_decay=0.05, lr_steps=(8, 11), warmup_iters=500, batch_size=2),
+    "40k": dict(iters=40000, lr=2e-4, weight_decay=1e-4, poly_power=0.9, crop_size=512, batch_size=4,
+                warmup_iters=0, eval_interval=4000),
+    # the synthetic shapes set on a CPU: small images, short schedules, a higher learning rate
+    "small-detect": dict(epochs=8, lr=4e-4, weight_decay=0.05, lr_steps=(6, 7), warmup_iters=50, batch_size=4,
+                         min_size=224, max_size=352, train_scales=(192, 208, 224, 240, 256), workers=0),
+    "small-segment": dict(iters=1200, lr=6e-4, weight_decay=1e-4, poly_power=0.9, crop_size=192, batch_size=8,
+                          warmup_iters=50, eval_interval=200, workers=0),
+}
+
+
+def resolve_dense_config(task: str, overrides: Dict[str, Any]) -> DenseConfig:
+    """Defaults <- preset ('small' for shapes, else the paper's) <- explicit overrides."""
+    data = overrides.get("data", "shapes")
+    preset = overrides.get("preset") or ("small" if data == "shapes" else ("1x" if task == "detect" else "40k"))
+    key = f"small-{task}" if preset == "small" else preset
+    if key not in DENSE_PRESETS:
+        raise ValueError(f"unknown --preset {preset!r}; choose small, 1x (detection) or 40k (segmentation)")
+    arch = overrides.get("arch") or ARCHS[task][0]
+    if arch not in ARCHS[task]:
+        raise ValueError(f"--arch {arch!r} is not a {task} model; choose one of {', '.join(ARCHS[task])}")
+    values = {**DENSE_PRESETS[key], **{k: v for k, v in overrides.items() if v is not None}}
+    values.update(task=task, arch=arch, preset=preset)
+    return DenseConfig(**values)
+
+
+# ----- data and models -----------------------------------------------------------------------
+
+def _shapes_root(cfg: DenseConfig, info: DistInfo) -> Path:
+    from .shapes import make_shapes
+
+    root = Path(cfg.shapes_dir)
+    if not (root / "coco" / "annotations" / "instances_val.json").exists():
+        if info.is_main:
+            print(f"generating the synthetic shapes dataset in {root} ...")
+            make_shapes(root, seed=cfg.seed)
+        barrier(info)
+    return root
+
+
+def build_dense_data(cfg: DenseConfig, info: DistInfo = DistInfo()):
+    """(train dataset, val dataset, class names) for the configured task and data."""
+    from . import datasets as D
+
+    if cfg.task == "detect":
+        # resizing (multi-scale in training) happens inside torchvision's model transform, which
+        # also maps predictions back to the original image size; the dataset only flips
+        train_tf = D.DetectionTransform(True, scales=None)
+        val_tf = D.DetectionTransform(False, scales=None)
+        masks = cfg.arch == "maskrcnn"
+        if cfg.data == "shapes":
+            root = _shapes_root(cfg, info)
+            train = D.shapes_coco(root, "train", transforms=train_tf, with_masks=masks)
+            val = D.shapes_coco(root, "val", transforms=val_tf, with_masks=masks)
+        else:
+            root = Path(cfg.data)
+            train = D.CocoDetection(root / "train" / "images", root / "annotations" / "instances_train.json",
+                                    transforms=train_tf, with_masks=masks)
+            val = D.CocoDetection(root / "val" / "images", root / "annotations" / "instances_val.json",
+                                  transforms=val_tf, with_masks=masks)
+        return train, val, list(train.class_names)
+    train_tf = D.SegmentationTransform(True, crop_size=cfg.crop_size)
+    val_tf = D.SegmentationTransform(False, crop_size=cfg.crop_size)
+    if cfg.data == "shapes":
+        root = _shapes_root(cfg, info)
+        train = D.shapes_ade(root, "train", transforms=train_tf)
+        val = D.shapes_ade(root, "val", transforms=val_tf)
+    else:
+        train = D.ADE20KSegmentation(cfg.data, "training", transforms=train_tf)
+        val = D.ADE20KSegmentation(cfg.data, "validation", transforms=val_tf)
+    if info.is_main:
+        train.validate_labels()  # a label outside the class range stops here, naming the file
+        val.validate_labels()
+    return train, val, list(train.class_names)
+
+
+def build_dense_model(cfg: DenseConfig, num_classes: int) -> nn.Module:
+    """The configured model (``num_classes`` object classes, or segmentation classes)."""
+    from . import models as M
+
+    common = dict(backbone_checkpoint=cfg.backbone_checkpoint, norm_eval=cfg.norm_eval,
+                  frozen_stages=cfg.frozen_stages)
+    # torchvision picks a random shorter side from min_size in training and uses the last one
+    # in evaluation: the training scales, then the evaluation size
+    sizes = tuple(s for s in cfg.train_scales if s != cfg.min_size) + (cfg.min_size,)
+    if cfg.arch == "retinanet":
+        return M.retinanet_lsnet(cfg.backbone, num_classes, min_size=sizes, max_size=cfg.max_size, **common)
+    if cfg.arch == "maskrcnn":
+        return M.maskrcnn_lsnet(cfg.backbone, num_classes, min_size=sizes, max_size=cfg.max_size, **common)
+    return M.semantic_fpn_lsnet(cfg.backbone, num_classes, **common)
+
+
+def _loader(dataset, cfg: DenseConfig, info: DistInfo, train: bool):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from .datasets import collate_detection
+
+    collate = collate_detection if cfg.task == "detect" else None
+    if train:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=cfg.seed) \
+            if info.enabled else None
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                          num_workers=cfg.workers, collate_fn=collate, drop_last=True, generator=gen,
+                          persistent_workers=cfg.workers > 0)
+    subset = Subset(dataset, list(range(info.rank, len(dataset), info.world_size))) if info.enabled else dataset
+    return DataLoader(subset, batch_size=1 if cfg.task == "detect" else 1, shuffle=False, num_workers=cfg.workers,
+                      collate_fn=collate)
+
+
+# ----- evaluation -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_dense(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device,
+                   info: DistInfo = DistInfo()) -> Dict[str, float]:
+    """COCO AP (bbox, and segm for Mask R-CNN) or mIoU / pixel accuracy on ``dataset``."""
+    model.eval()
+    loader = _loader(dataset, cfg, info, train=False)
+    if cfg.task == "detect":
+        from .metrics import coco_evaluate
+
+        preds: Dict[int, Dict[str, torch.Tensor]] = {}
+        for images, targets in loader:
+            outputs = model([im.to(device) for im in images])
+            for out, tgt in zip(outputs, targets):
+                preds[int(tgt["image_id"])] = {k: v.cpu() for k, v in out.items()}
+        if info.enabled:
+            gathered: List[Any] = [None] * info.world_size
+            torch.distributed.all_gather_object(gathered, preds)
+            preds = {k: v for part in gathered for k, v in part.items()}
+        iou_types = ("bbox", "segm") if cfg.arch == "maskrcnn" else ("bbox",)
+        res = coco_evaluate(dataset.coco, preds, iou_types, dataset.label_to_cat_id, img_ids=list(dataset.ids))
+        flat = {}
+        for kind, stats in res.items():
+            for name, value in stats.items():
+                flat[f"{kind}_{name}"] = float(value)
+        return flat
+    from .metrics import SegmentationMetric
+
+    metric = SegmentationMetric(dataset.num_classes)
+    for image, label in loader:
+        logits = model(image.to(device))
+        metric.update(logits.argmax(1).cpu(), label)
+    conf = all_reduce_sum(metric.confusion.double(), info)
+    metric.confusion = conf.to(metric.confusion.dtype)
+    res = metric.compute()
+    return {"mIoU": float(res["mIoU"]), "pixel_acc": float(res["pixel_acc"]),
+            "per_class_iou": [float(v) for v in res["per_class_iou"]]}
+
+
+# ----- training -------------------------------------------------------------------------------
+
+def _lr_factor(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> float:
+    warm = 1.0 if it >= cfg.warmup_iters or cfg.warmup_iters == 0 else 0.001 + (1 - 0.001) * it / cfg.warmup_iters
+    if cfg.task == "detect":
+        epoch = it // max(iters_per_epoch, 1)
+        decay = 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
+    else:
+        decay = (1 - min(it, total) / total) ** cfg.poly_power
+    return warm * decay
+
+
+def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
+    """Train as configured; returns the best validation metric and the checkpoint paths."""
+    info = init_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, info)
+        seed_everything(cfg.seed + info.rank)
+        out = Path(cfg.output)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        train_set, val_set, class_names = build_dense_data(cfg, info)
+        model = build_dense_model(cfg, len(class_names)).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loader = _loader(train_set, cfg, info, train=True)
+        per_epoch = len(loader)
+        if per_epoch == 0:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images")
+        total = cfg.epochs * per_epoch if cfg.task == "detect" else cfg.iters
+        key = "bbox_AP50" if cfg.arch == "retinanet" else ("segm_AP50" if cfg.arch == "maskrcnn" else "mIoU")
+        it, start_epoch, best = 0, 0, {key: -1.0}
+        if cfg.resume:
+            ck = torch.load(cfg.resume, map_location="cpu", weights_only=True)
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            it, start_epoch, best = ck["iteration"], ck["epoch"] + 1, ck.get("best", best)
+            set_rng_state(ck["rng"])
+        net: nn.Module = nn.parallel.DistributedDataParallel(model) if info.enabled else model
+        metrics = MetricsLog(out, enabled=info.is_main, x_key="epoch",
+                             metric_keys=(f"val_{key}",), metric_title=f"validation {key}")
+        if info.is_main:
+            log(f"training {cfg.arch} with {cfg.backbone} on {cfg.data}: {len(train_set)} train / {len(val_set)} val "
+                f"images, {len(class_names)} classes, {total} iterations, batch {cfg.batch_size}x{info.world_size}, "
+                f"lr {cfg.lr:.1e}, preset {cfg.preset}, {device}")
+        epoch = start_epoch
+        eval_period = per_epoch if cfg.task == "detect" else cfg.eval_interval
+        while it < total:
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            net.train()
+            bar = progress_bar(min(per_epoch, total - it), f"epoch {epoch + 1}", enabled=info.is_main)
+            loss_sum, n, t0 = 0.0, 0, time.time()
+            for batch in loader:
+                if it >= total:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * _lr_factor(cfg, it, total, per_epoch)
+                if cfg.task == "detect":
+                    images, targets = batch
+                    images = [im.to(device) for im in images]
+                    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+                    loss = sum(net(images, targets).values())
+                else:
+                    images, labels = batch
+                    loss = F.cross_entropy(net(images.to(device)), labels.to(device), ignore_index=255)
+                if not math.isfinite(loss.item()):
+                    raise TrainingError(f"the loss became {loss.item()} at iteration {it}; the last good checkpoint "
+                                        f"is {out / 'last.pth'}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                opt.step()
+                it += 1
+                loss_sum += loss.item()
+                n += 1
+                bar.update(1, loss=f"{loss_sum / n:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+                if it % eval_period == 0 or it == total:
+                    break
+            bar.close()
+            res = evaluate_dense(model, val_set, cfg, device, info)
+            improved = res[key] > best[key]
+            if improved:
+                best = {key: res[key], "epoch": epoch, "iteration": it}
+            record = {"epoch": epoch, "iteration": it, "train_loss": loss_sum / max(n, 1),
+                      "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0,
+                      **{f"val_{k}": v for k, v in res.items() if not isinstance(v, list)}}
+            if info.is_main:
+                payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": it,
+                           "best": best, "rng": rng_state(), "config": cfg.to_dict(), "class_names": class_names}
+                _atomic_write(out / "last.pth", lambda tmp: torch.save(payload, tmp))
+                if improved:
+                    _atomic_write(out / "best.pth", lambda tmp: torch.save(payload, tmp))
+                metrics.append(record)
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_")
+                                  and any(s in k for s in ("AP50", "AP_", "mIoU", "pixel")))
+                log(f"epoch {epoch + 1} (iteration {it}/{total}): loss {record['train_loss']:.4f}  {shown}  "
+                    f"{record['time_s']:.0f}s" + ("  *best*" if improved else ""))
+            epoch += 1
+        barrier(info)
+        metrics.close()
+        return {"best": best, "key": key, "last": str(out / "last.pth"), "best_path": str(out / "best.pth")}
+    finally:
+        cleanup(info)
