@@ -71,10 +71,12 @@ DENSE_PRESETS: Dict[str, Dict[str, Any]] = {
     "40k": dict(iters=40000, lr=2e-4, weight_decay=1e-4, poly_power=0.9, crop_size=512, batch_size=4,
                 warmup_iters=0, eval_interval=4000),
     # the synthetic shapes set on a CPU: small images, short schedules, a higher learning rate
+    # (no pretrained backbone offline: BatchNorm must learn its statistics, so norm_eval is off)
     "small-detect": dict(epochs=8, lr=4e-4, weight_decay=0.05, lr_steps=(6, 7), warmup_iters=50, batch_size=4,
-                         min_size=224, max_size=352, train_scales=(192, 208, 224, 240, 256), workers=0),
-    "small-segment": dict(iters=1200, lr=6e-4, weight_decay=1e-4, poly_power=0.9, crop_size=192, batch_size=8,
-                          warmup_iters=50, eval_interval=200, workers=0),
+                         min_size=224, max_size=352, train_scales=(192, 208, 224, 240, 256), workers=0,
+                         norm_eval=False),
+    "small-segment": dict(iters=400, lr=6e-4, weight_decay=1e-4, poly_power=0.9, crop_size=192, batch_size=8,
+                          warmup_iters=50, eval_interval=200, workers=0, norm_eval=False),
 }
 
 
