@@ -176,6 +176,6 @@ def run_predict(args: argparse.Namespace) -> int:
                 data = V.segmentation_to_json(label_map, names, image_path=str(path))
                 summary = "label map"
         V.save_png(drawn, out / f"{Path(path).stem}_pred.png")
-        (out / f"{Path(path).stem}_pred.json").write_text(json.dumps(data, indent=2))
+        V.save_json(data, out / f"{Path(path).stem}_pred.json")
         print(f"{path}: {summary} -> {out / (Path(path).stem + '_pred.png')}")
     return 1 if failures else 0

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
 from ..engine.report import MetricsLog, progress_bar
 from ..engine.train import TrainingError, rng_state, seed_everything, set_rng_state
-from ..models.checkpoint import _atomic_write
+from ..models.checkpoint import atomic_write
 
 __all__ = ["DenseConfig", "DENSE_PRESETS", "resolve_dense_config", "train_dense", "evaluate_dense", "build_dense_model",
            "build_dense_data"]
@@ -311,9 +311,9 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
             if info.is_main:
                 payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": it,
                            "best": best, "rng": rng_state(), "config": cfg.to_dict(), "class_names": class_names}
-                _atomic_write(out / "last.pth", lambda tmp: torch.save(payload, tmp))
+                atomic_write(out / "last.pth", lambda tmp: torch.save(payload, tmp))
                 if improved:
-                    _atomic_write(out / "best.pth", lambda tmp: torch.save(payload, tmp))
+                    atomic_write(out / "best.pth", lambda tmp: torch.save(payload, tmp))
                 metrics.append(record)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val_")
                                   and any(s in k for s in ("AP50", "AP_", "mIoU", "pixel")))

@@ -23,7 +23,6 @@ import colorsys
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..models.checkpoint import atomic_write
 from .datasets import SEG_IGNORE_INDEX
 
 __all__ = ["detections_to_json", "draw_detections", "draw_segmentation", "palette", "save_json", "save_png",
@@ -370,30 +370,16 @@ def segmentation_to_json(label_map: Any, class_names: Sequence[str],
 # ----------------------------------------------------------------------------- output
 
 
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temporary file in the target folder so the final rename stays on one filesystem (atomic).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a half-written temporary behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(img: Any, path: str | os.PathLike) -> Path:
     """Write ``img`` (PIL image, or anything :func:`draw_detections` accepts) as PNG, atomically; returns the path."""
     if not isinstance(img, Image.Image):
         img = Image.fromarray(_to_rgb_array(img))
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+    return Path(path)
 
 
 def save_json(obj: Any, path: str | os.PathLike, *, indent: int = 2) -> Path:
     """Write ``obj`` as UTF-8 JSON, atomically; returns the path."""
     data = (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(data))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+    return Path(path)

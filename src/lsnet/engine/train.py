@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.checkpoint import _atomic_write, load_checkpoint
+from ..models.checkpoint import atomic_write, load_checkpoint
 from .config import TrainConfig, total_lr
 from .distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from .evaluate import autocast_context, evaluate, split_for_rank
@@ -461,13 +461,13 @@ def _save(path: Path, cfg, model, ema, optimizer, scheduler, scaler, epoch, num_
         "config": cfg.to_dict(),
         "interrupted": interrupted,
     }
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     import shutil
 
-    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _reset_skipped(dataset) -> None:

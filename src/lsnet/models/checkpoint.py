@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
 
-__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint", "atomic_write"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -162,7 +162,9 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, drop_
     return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``:
+    a crash at any moment leaves either the old file or the new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -191,8 +193,8 @@ def save_checkpoint(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], p
         from safetensors.torch import save_file
 
         meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     else:
         payload = {"model": state, **(extra or {})}
-        _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
