@@ -145,16 +145,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def load_training_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint written by :func:`train` (weights only, no code)."""
-    from ..models.lsnet import release_safe_globals
+    from ..models.checkpoint import CheckpointError, read_checkpoint_file
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--resume: checkpoint file not found: {path}")
     try:
-        with torch.serialization.safe_globals(release_safe_globals()):
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise TrainingError(f"--resume: {path} is not a readable training checkpoint: {err}") from err
-    missing = [k for k in ("model", "optimizer", "epoch", "config") if k not in ck]
+        ck = read_checkpoint_file(Path(path))
+    except CheckpointError as err:
+        raise TrainingError(f"--resume: {err}") from err
+    missing = [k for k in ("model", "optimizer", "epoch", "config") if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise TrainingError(f"--resume: {path} lacks {', '.join(missing)}; is it a checkpoint written by lsnet train?")
     return ck

@@ -19,13 +19,19 @@ import torch.nn as nn
 
 from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
 
-__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint", "atomic_write"]
+__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint", "atomic_write",
+           "read_checkpoint_file"]
 
 PathLike = Union[str, os.PathLike]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file could not be read, or does not fit the model."""
+
+
+def read_checkpoint_file(path: Path, map_location="cpu") -> Any:
+    """The object stored in a checkpoint file, read without running code from it."""
+    return _read_file(Path(path), map_location)
 
 
 def _read_file(path: Path, map_location) -> Any:
@@ -41,7 +47,12 @@ def _read_file(path: Path, map_location) -> Any:
         with torch.serialization.safe_globals(release_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err)))) or ["an object that is not a tensor"]
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+        if not names:  # damaged, not a checkpoint, or a pickle the weights-only reader cannot parse
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+            reason = detail.group(1).strip() if detail else type(err).__name__
+            raise CheckpointError(f"Refusing to load {path}: it is not a PyTorch checkpoint that can be read "
+                                  f"without running code from it ({reason})") from err
         raise CheckpointError(
             f"Refusing to load {path}: unpickling it would import {', '.join(names)}, which can run code. "
             f"lsnet only unpickles weights (torch.load(weights_only=True), plus argparse.Namespace for the "
