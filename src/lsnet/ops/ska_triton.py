@@ -47,6 +47,17 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @triton.jit
+def _program_block(HW, CW, BLOCK: tl.constexpr):
+    """This program's (n, r), nr = n * CW + r (the kernel slice of w it owns), and the
+    flattened spatial positions of its block."""
+    nblk = tl.cdiv(HW, BLOCK)
+    pid = tl.program_id(0)
+    nr = pid // nblk
+    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    return nr // CW, nr % CW, nr, offs
+
+
+@triton.jit
 def _tap_geometry(offs, HW, H, W, K: tl.constexpr, KK_PAD: tl.constexpr):
     """Row/column of each position in the block and the (dy, dx) of each tap."""
     P: tl.constexpr = (K - 1) // 2
@@ -66,14 +77,7 @@ def _ska_fwd_kernel(
     C, CW, G, H, W, HW,
     K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    nblk = tl.cdiv(HW, BLOCK)
-    pid = tl.program_id(0)
-    blk = pid % nblk
-    nr = pid // nblk  # = n * CW + r: the kernel slice this program reads from w
-    n = nr // CW
-    r = nr % CW
-
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    n, r, nr, offs = _program_block(HW, CW, BLOCK)
     inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
 
     # the K*K weights of every position: loaded once, reused by all G channels
@@ -101,14 +105,7 @@ def _ska_bwd_x_kernel(
     C, CW, G, H, W, HW,
     K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    nblk = tl.cdiv(HW, BLOCK)
-    pid = tl.program_id(0)
-    blk = pid % nblk
-    nr = pid // nblk
-    n = nr // CW
-    r = nr % CW
-
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    n, r, nr, offs = _program_block(HW, CW, BLOCK)
     inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
 
     # x at p fed output p - d_t through tap t: gather (gy * w) there (a gather, not a
@@ -135,14 +132,7 @@ def _ska_bwd_w_kernel(
     C, CW, G, H, W, HW,
     K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    nblk = tl.cdiv(HW, BLOCK)
-    pid = tl.program_id(0)
-    blk = pid % nblk
-    nr = pid // nblk
-    n = nr // CW
-    r = nr % CW
-
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    n, r, nr, offs = _program_block(HW, CW, BLOCK)
     inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
 
     w_mask = tap_ok[:, None] & inb[None, :]
