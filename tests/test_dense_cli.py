@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from lsnet.cli.main import main
 
@@ -54,6 +57,44 @@ def test_detect_train_eval_predict(shapes, tmp_path, capsys, arch):
                  "--output", str(tmp_path / "p"), str(image)]) == 0
     data = json.loads(next((tmp_path / "p").glob("*_pred.json")).read_text())
     assert "detections" in data
+
+
+def _seg_args(shapes, out, *extra):
+    return ["segment", "train", "--shapes-dir", str(shapes), "--iters", "6", "--batch-size", "4", "--crop-size", "64",
+            "--base-size", "64", "--fpn-channels", "32", "--output", str(out), *extra]
+
+
+def test_segment_resume_continues_exactly(shapes, tmp_path):
+    """Two epochs, stop, resume to the end == the same run uninterrupted (8 images, batch 4: 2 its/epoch)."""
+    assert main(_seg_args(shapes, tmp_path / "straight")) == 0
+    assert main(_seg_args(shapes, tmp_path / "split", "--stop-after", "2")) == 0
+    first = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
+    assert first["iteration"] == 4
+    assert main(_seg_args(shapes, tmp_path / "split", "--resume", str(tmp_path / "split" / "last.pth"))) == 0
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 6
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    log = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [4, 6]  # evaluated where it stopped and at the end
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint(shapes, tmp_path, capsys):
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    assert main(_seg_args(shapes, tmp_path / "r", "--resume", str(bogus))) == 2
+    assert "bogus.pth" in capsys.readouterr().err
+
+
+def test_segment_under_torchrun(shapes, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lsnet",
+           *_seg_args(shapes, out, "--batch-size", "2")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "batch 2x2" in res.stdout
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pth")]) == 0
 
 
 def test_bad_annotations_stop_before_training(tmp_path, capsys):

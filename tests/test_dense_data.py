@@ -30,8 +30,9 @@ SIZE = ((72, 100), (90, 130))
 NUM_TRAIN, NUM_VAL = 6, 3
 
 
-def _make(root, seed=0):
-    return make_shapes(root, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=seed, size_range=SIZE, max_objects=4)
+def _make(root, seed=0, workers=1):
+    return make_shapes(root, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=seed, size_range=SIZE, max_objects=4,
+                       workers=workers)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def _tight_box(mask: np.ndarray) -> list[int]:
 
 def test_make_shapes_is_reproducible(shapes, tmp_path):
     root, _ = shapes
-    _make(tmp_path / "again", seed=0)
+    _make(tmp_path / "again", seed=0, workers=2)  # rendered by a process pool: same bytes
     a, b = _files(root), _files(tmp_path / "again")
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a), "same seed must give byte-identical files"
@@ -65,6 +66,16 @@ def test_make_shapes_is_reproducible(shapes, tmp_path):
     assert c[ann] != a[ann]
     pngs = [k for k in a if k.startswith("coco/train/images/")]
     assert all(c[k] != a[k] for k in pngs), "a different seed must give different images"
+
+
+def test_generated_set_is_recognised_by_its_parameters(shapes, tmp_path):
+    from lsnet.dense.shapes import is_generated
+
+    root, _ = shapes
+    params = dict(num_train=NUM_TRAIN, num_val=NUM_VAL, seed=0, size_range=SIZE, max_objects=4)
+    assert is_generated(root, **params)
+    assert not is_generated(root, **{**params, "num_train": NUM_TRAIN + 1})
+    assert not is_generated(tmp_path)  # nothing there
 
 
 def test_make_shapes_layout_and_summary(shapes):

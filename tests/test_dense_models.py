@@ -74,9 +74,12 @@ def test_detection_image_800x1333_like():
     assert sizes[0] % 64 == 0 and sizes[1] % 64 == 0 and max(sizes) <= 1344
 
 
-def test_maskrcnn_losses_and_masks():
+@pytest.mark.parametrize("fpn_channels", [256, 64])
+def test_maskrcnn_losses_and_masks(fpn_channels):
     sizes = [(131, 170), (150, 119)]
-    model = maskrcnn_lsnet_t(num_classes=3, min_size=128, max_size=192)
+    model = maskrcnn_lsnet_t(num_classes=3, min_size=128, max_size=192, fpn_channels=fpn_channels)
+    assert model.backbone.out_channels == fpn_channels
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4  # background + 3
     images = [torch.rand(3, *s) for s in sizes]
     losses = model.train()(images, _targets(sizes, with_masks=True))
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
@@ -98,6 +101,22 @@ def test_semantic_fpn_output_and_loss(size):
     loss = F.cross_entropy(logits, target, ignore_index=255)
     loss.backward()
     assert torch.isfinite(loss) and model.classifier.weight.grad is not None
+
+
+def test_semantic_fpn_normalises_input_and_resizes_to_test_size():
+    model = semantic_fpn_lsnet_t(num_classes=4, fpn_channels=64, channels=32, test_size=64)
+    seen = []
+    inner = model.fpn.forward
+    model.fpn.forward = lambda x: seen.append(x) or inner(x)
+    x = torch.rand(1, 3, 128, 170)
+    model.train()(x)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen[-1], (x - mean) / std)  # training: no resize, ImageNet normalisation
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert seen[-1].shape[-2:] == (64, 85)  # inference: shorter side 64, ratio kept
+    assert logits.shape == (1, 4, 128, 170)  # logits back at the input size
 
 
 def test_backbone_loads_classification_checkpoint_and_freezes(tmp_path):

@@ -14,15 +14,20 @@ def _ints(text: str):
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def _floats(text: str):
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
 def add_parsers(sub) -> None:
     """Register ``dense``, ``detect`` and ``segment``."""
     dense = sub.add_parser("dense", help="dense-prediction utilities (make-shapes)")
     dsub = dense.add_subparsers(dest="dense_command", metavar="COMMAND", required=True)
     mk = dsub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO + ADE20K layouts)")
     mk.add_argument("root", help="folder to write")
-    mk.add_argument("--num-train", type=int, default=200)
-    mk.add_argument("--num-val", type=int, default=50)
+    mk.add_argument("--num-train", type=int, default=2000)
+    mk.add_argument("--num-val", type=int, default=100)
     mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
     mk.set_defaults(func=run_make_shapes)
     for task, archs in (("detect", ["retinanet", "maskrcnn"]), ("segment", ["semantic_fpn"])):
         p = sub.add_parser(task, help=f"{'object detection / instance segmentation' if task == 'detect' else 'semantic segmentation'} "
@@ -42,15 +47,23 @@ def add_parsers(sub) -> None:
         tr.add_argument("--frozen-stages", type=int)
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                         help="keep BatchNorm statistics frozen (default on)")
-        tr.add_argument("--resume")
+        tr.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.pth")
+        tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                        help="end this invocation after that many epochs (the schedule still spans the whole run)")
         tr.add_argument("-j", "--workers", type=int)
         tr.add_argument("--seed", type=int)
+        tr.add_argument("--fpn-channels", type=int, help="width of the FPN neck and heads (the release: 256)")
+        tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
         if task == "detect":
             tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
             tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
             tr.add_argument("--max-size", type=int)
         else:
             tr.add_argument("--crop-size", type=int)
+            tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")
+            tr.add_argument("--scale-range", type=_floats, help="random rescale range before cropping, e.g. 0.5,2.0")
+            tr.add_argument("--base-size", type=int,
+                            help="shorter side the rescale is relative to and inference resizes to")
         tr.set_defaults(func=run_train, task=task)
         ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
         ev.add_argument("--checkpoint", required=True)
@@ -79,7 +92,8 @@ def run_make_shapes(args: argparse.Namespace) -> int:
     """Write the synthetic dataset."""
     from ..dense.shapes import make_shapes
 
-    summary = make_shapes(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    summary = make_shapes(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+                          workers=args.workers)
     for split, info in summary["splits"].items():
         print(f"{split}: {info['num_images']} images, {info['num_annotations']} objects")
     print(f"classes: {', '.join(summary['class_names'])}; written to {args.root}")
@@ -113,8 +127,7 @@ def _load(path: str, device: torch.device):
     ck = torch.load(path, map_location="cpu", weights_only=True)
     if "config" not in ck or "task" not in ck["config"]:
         raise ValueError(f"{path} is not a checkpoint written by lsnet detect/segment train")
-    cfg = DenseConfig(**{**ck["config"], "lr_steps": tuple(ck["config"]["lr_steps"]),
-                         "train_scales": tuple(ck["config"]["train_scales"]), "backbone_checkpoint": None})
+    cfg = DenseConfig.from_dict({**ck["config"], "backbone_checkpoint": None})
     model = build_dense_model(cfg, len(ck["class_names"]))
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg, ck["class_names"]

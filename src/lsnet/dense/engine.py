@@ -51,32 +51,48 @@ class DenseConfig:
     max_size: int = 1333
     train_scales: Tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
     crop_size: int = 512  # segmentation
+    scale_range: Tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before cropping
+    base_size: Optional[int] = None  # segmentation: shorter side the rescale is relative to, and the
+    #                                 one inference resizes to (None: the image's own size)
+    fpn_channels: int = 256  # width of the FPN neck and the detection heads (the release: 256)
+    rpn_train_proposals: int = 2000  # Mask R-CNN: proposals kept per image in training (before and after NMS)
+    roi_batch_size: int = 512  # Mask R-CNN: RoIs sampled per image for the box and mask heads
     norm_eval: bool = True
     frozen_stages: int = -1
     clip_grad: Optional[float] = None
-    eval_every: int = 1  # epochs (detection) or iterations // eval_interval (segmentation)
+    eval_every: int = 1  # detection: epochs between evaluations
     eval_interval: int = 4000  # segmentation: iterations between evaluations
     workers: int = 2
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None
+    stop_after: Optional[int] = None  # end this invocation after that many epochs (the schedule is unchanged)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "DenseConfig":
+        """Rebuild from :meth:`to_dict` output (JSON lists become tuples; unknown keys are dropped)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
+        return cls(**clean)
 
 
 DENSE_PRESETS: Dict[str, Dict[str, Any]] = {
     # the paper's schedules (mmdetection 1x; mmsegmentation Semantic FPN 40k)
     "1x": dict(epochs=12, lr=1e-4, weight_decay=0.05, lr_steps=(8, 11), warmup_iters=500, batch_size=2),
     "40k": dict(iters=40000, lr=2e-4, weight_decay=1e-4, poly_power=0.9, crop_size=512, batch_size=4,
-                warmup_iters=0, eval_interval=4000),
+                warmup_iters=0, eval_interval=4000, base_size=512, scale_range=(0.5, 2.0)),
     # the synthetic shapes set on a CPU: small images, short schedules, a higher learning rate
     # (no pretrained backbone offline: BatchNorm must learn its statistics, so norm_eval is off)
-    "small-detect": dict(epochs=8, lr=4e-4, weight_decay=0.05, lr_steps=(6, 7), warmup_iters=50, batch_size=4,
-                         min_size=224, max_size=352, train_scales=(192, 208, 224, 240, 256), workers=0,
-                         norm_eval=False),
-    "small-segment": dict(iters=400, lr=6e-4, weight_decay=1e-4, poly_power=0.9, crop_size=192, batch_size=8,
-                          warmup_iters=50, eval_interval=200, workers=0, norm_eval=False),
+    "small-detect": dict(epochs=2, lr=1e-3, weight_decay=0.05, lr_steps=(2,), warmup_iters=100, batch_size=8,
+                         min_size=192, max_size=320, train_scales=(160, 176, 192, 208, 224), workers=0,
+                         norm_eval=False, fpn_channels=64, clip_grad=10.0, rpn_train_proposals=500,
+                         roi_batch_size=128),
+    "small-segment": dict(iters=900, lr=2e-3, weight_decay=1e-4, poly_power=0.9, crop_size=128, batch_size=16,
+                          base_size=128, scale_range=(0.75, 1.25), fpn_channels=64, warmup_iters=25,
+                          eval_interval=250, workers=0, norm_eval=False),
 }
 
 
@@ -98,15 +114,23 @@ def resolve_dense_config(task: str, overrides: Dict[str, Any]) -> DenseConfig:
 # ----- data and models -----------------------------------------------------------------------
 
 def _shapes_root(cfg: DenseConfig, info: DistInfo) -> Path:
-    from .shapes import make_shapes
+    from .shapes import is_generated, make_shapes
 
     root = Path(cfg.shapes_dir)
-    if not (root / "coco" / "annotations" / "instances_val.json").exists():
+    if not is_generated(root, **_custom_shapes(root)):
         if info.is_main:
-            print(f"generating the synthetic shapes dataset in {root} ...")
-            make_shapes(root, seed=cfg.seed)
+            print(f"generating the synthetic shapes dataset in {root} (once; about a minute per 1000 images) ...")
+            make_shapes(root)
         barrier(info)
     return root
+
+
+def _custom_shapes(root: Path) -> Dict[str, Any]:
+    """The parameters of a set made by ``lsnet dense make-shapes`` with other sizes (kept as is)."""
+    try:
+        return {k: v for k, v in json.loads((root / "shapes.json").read_text()).items() if k != "version"}
+    except (OSError, ValueError):
+        return {}
 
 
 def build_dense_data(cfg: DenseConfig, info: DistInfo = DistInfo()):
@@ -130,7 +154,8 @@ def build_dense_data(cfg: DenseConfig, info: DistInfo = DistInfo()):
             val = D.CocoDetection(root / "val" / "images", root / "annotations" / "instances_val.json",
                                   transforms=val_tf, with_masks=masks)
         return train, val, list(train.class_names)
-    train_tf = D.SegmentationTransform(True, crop_size=cfg.crop_size)
+    train_tf = D.SegmentationTransform(True, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
+                                       base_size=cfg.base_size)
     val_tf = D.SegmentationTransform(False, crop_size=cfg.crop_size)
     if cfg.data == "shapes":
         root = _shapes_root(cfg, info)
@@ -150,15 +175,19 @@ def build_dense_model(cfg: DenseConfig, num_classes: int) -> nn.Module:
     from . import models as M
 
     common = dict(backbone_checkpoint=cfg.backbone_checkpoint, norm_eval=cfg.norm_eval,
-                  frozen_stages=cfg.frozen_stages)
+                  frozen_stages=cfg.frozen_stages, fpn_channels=cfg.fpn_channels)
     # torchvision picks a random shorter side from min_size in training and uses the last one
     # in evaluation: the training scales, then the evaluation size
     sizes = tuple(s for s in cfg.train_scales if s != cfg.min_size) + (cfg.min_size,)
     if cfg.arch == "retinanet":
         return M.retinanet_lsnet(cfg.backbone, num_classes, min_size=sizes, max_size=cfg.max_size, **common)
     if cfg.arch == "maskrcnn":
-        return M.maskrcnn_lsnet(cfg.backbone, num_classes, min_size=sizes, max_size=cfg.max_size, **common)
-    return M.semantic_fpn_lsnet(cfg.backbone, num_classes, **common)
+        return M.maskrcnn_lsnet(cfg.backbone, num_classes, min_size=sizes, max_size=cfg.max_size,
+                                rpn_pre_nms_top_n_train=cfg.rpn_train_proposals,
+                                rpn_post_nms_top_n_train=cfg.rpn_train_proposals,
+                                box_batch_size_per_image=cfg.roi_batch_size, **common)
+    return M.semantic_fpn_lsnet(cfg.backbone, num_classes, channels=min(128, cfg.fpn_channels),
+                                test_size=cfg.base_size, **common)
 
 
 def _loader(dataset, cfg: DenseConfig, info: DistInfo, train: bool):
@@ -184,7 +213,16 @@ def _loader(dataset, cfg: DenseConfig, info: DistInfo, train: bool):
 @torch.no_grad()
 def evaluate_dense(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device,
                    info: DistInfo = DistInfo()) -> Dict[str, float]:
-    """COCO AP (bbox, and segm for Mask R-CNN) or mIoU / pixel accuracy on ``dataset``."""
+    """COCO AP (bbox, and segm for Mask R-CNN) or mIoU / pixel accuracy on ``dataset``.
+
+    Leaves the random number generators as it found them, so evaluating (or not) does not
+    change the course of training."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _evaluate(model, dataset, cfg, device, info)
+
+
+def _evaluate(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device, info: DistInfo) -> Dict[str, float]:
     model.eval()
     loader = _loader(dataset, cfg, info, train=False)
     if cfg.task == "detect":
@@ -231,8 +269,22 @@ def _lr_factor(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> f
     return warm * decay
 
 
+def _epoch_loader(loader, epoch: int, seed: int):
+    """Make the shuffle of ``epoch`` depend only on (seed, epoch), so a resumed run sees the
+    same batches as an uninterrupted one."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(seed * 100003 + epoch)
+    return loader
+
+
 def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
-    """Train as configured; returns the best validation metric and the checkpoint paths."""
+    """Train as configured; returns the best validation metric and the checkpoint paths.
+
+    Evaluation and checkpoints happen at epoch ends (every ``eval_every`` epochs for
+    detection, about every ``eval_interval`` iterations for segmentation) and at the end.
+    """
     info = init_distributed(cfg.device)
     try:
         device = resolve_device(cfg.device, info)
@@ -250,30 +302,33 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
         if per_epoch == 0:
             raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training images")
         total = cfg.epochs * per_epoch if cfg.task == "detect" else cfg.iters
+        eval_epochs = cfg.eval_every if cfg.task == "detect" else max(1, round(cfg.eval_interval / per_epoch))
         key = "bbox_AP50" if cfg.arch == "retinanet" else ("segm_AP50" if cfg.arch == "maskrcnn" else "mIoU")
         it, start_epoch, best = 0, 0, {key: -1.0}
         if cfg.resume:
-            ck = torch.load(cfg.resume, map_location="cpu", weights_only=True)
+            from ..models.checkpoint import read_checkpoint_file
+
+            ck = read_checkpoint_file(cfg.resume)
+            if not isinstance(ck, dict) or "model" not in ck or "iteration" not in ck:
+                raise ValueError(f"--resume {cfg.resume}: not a checkpoint written by lsnet detect/segment train")
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             it, start_epoch, best = ck["iteration"], ck["epoch"] + 1, ck.get("best", best)
             set_rng_state(ck["rng"])
         net: nn.Module = nn.parallel.DistributedDataParallel(model) if info.enabled else model
-        metrics = MetricsLog(out, enabled=info.is_main, x_key="epoch",
+        metrics = MetricsLog(out, enabled=info.is_main, x_key="iteration",
                              metric_keys=(f"val_{key}",), metric_title=f"validation {key}")
         if info.is_main:
             log(f"training {cfg.arch} with {cfg.backbone} on {cfg.data}: {len(train_set)} train / {len(val_set)} val "
                 f"images, {len(class_names)} classes, {total} iterations, batch {cfg.batch_size}x{info.world_size}, "
                 f"lr {cfg.lr:.1e}, preset {cfg.preset}, {device}")
-        epoch = start_epoch
-        eval_period = per_epoch if cfg.task == "detect" else cfg.eval_interval
+        epoch, epochs_run, t_start = start_epoch, 0, time.time()
+        loss_sum, n, t0 = 0.0, 0, time.time()
         while it < total:
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
             net.train()
+            batches = _epoch_loader(loader, epoch, cfg.seed)
             bar = progress_bar(min(per_epoch, total - it), f"epoch {epoch + 1}", enabled=info.is_main)
-            loss_sum, n, t0 = 0.0, 0, time.time()
-            for batch in loader:
+            for batch in batches:
                 if it >= total:
                     break
                 for g in opt.param_groups:
@@ -298,16 +353,21 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
                 loss_sum += loss.item()
                 n += 1
                 bar.update(1, loss=f"{loss_sum / n:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-                if it % eval_period == 0 or it == total:
-                    break
             bar.close()
+            epochs_run += 1
+            stopping = cfg.stop_after is not None and epochs_run >= cfg.stop_after
+            if (epoch + 1) % eval_epochs and it < total and not stopping:
+                epoch += 1
+                continue
             res = evaluate_dense(model, val_set, cfg, device, info)
             improved = res[key] > best[key]
             if improved:
                 best = {key: res[key], "epoch": epoch, "iteration": it}
             record = {"epoch": epoch, "iteration": it, "train_loss": loss_sum / max(n, 1),
                       "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0,
+                      "elapsed_s": time.time() - t_start,
                       **{f"val_{k}": v for k, v in res.items() if not isinstance(v, list)}}
+            loss_sum, n, t0 = 0.0, 0, time.time()
             if info.is_main:
                 payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": it,
                            "best": best, "rng": rng_state(), "config": cfg.to_dict(), "class_names": class_names}
@@ -320,8 +380,14 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
                 log(f"epoch {epoch + 1} (iteration {it}/{total}): loss {record['train_loss']:.4f}  {shown}  "
                     f"{record['time_s']:.0f}s" + ("  *best*" if improved else ""))
             epoch += 1
+            if stopping and it < total:
+                if info.is_main:
+                    log(f"stopping after {epochs_run} epoch(s) as asked (--stop-after); continue with "
+                        f"--resume {out / 'last.pth'}")
+                break
         barrier(info)
         metrics.close()
-        return {"best": best, "key": key, "last": str(out / "last.pth"), "best_path": str(out / "best.pth")}
+        return {"best": best, "key": key, "last": str(out / "last.pth"), "best_path": str(out / "best.pth"),
+                "iteration": it}
     finally:
         cleanup(info)

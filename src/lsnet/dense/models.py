@@ -135,12 +135,20 @@ class SemanticFPN(nn.Module):
     """Semantic FPN (Kirillov et al., 2019): per-level conv-norm-ReLU(-upsample x2) towers
     brought to the finest level, summed, a 1x1 classifier, upsampled to the input size.
 
-    ``forward`` returns logits (N, num_classes, H, W) at the input resolution.
+    ``forward`` returns logits (N, num_classes, H, W) at the input resolution. With
+    ``test_size`` set, inference (eval mode) first resizes the input to that shorter side,
+    as torchvision's detectors do with ``min_size``, and upsamples the logits back.
     """
 
-    def __init__(self, fpn: LSNetFPN, num_classes: int, channels: int = 128, dropout: float = 0.1):
+    def __init__(self, fpn: LSNetFPN, num_classes: int, channels: int = 128, dropout: float = 0.1,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225),
+                 test_size: Optional[int] = None):
         super().__init__()
         self.fpn = fpn
+        self.test_size = test_size
+        # inputs are RGB in [0, 1]; normalised here as torchvision's detectors do in their transform
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
         self.num_classes = num_classes
         finest = fpn.strides[0]
         self.towers = nn.ModuleList()
@@ -157,7 +165,12 @@ class SemanticFPN(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = list(self.fpn(x).values())
+        size = x.shape[-2:]
+        if self.test_size and not self.training and min(size) != self.test_size:
+            scale = self.test_size / min(size)
+            x = F.interpolate(x, size=(max(1, round(size[0] * scale)), max(1, round(size[1] * scale))),
+                              mode="bilinear", align_corners=False, antialias=scale < 1)
+        feats = list(self.fpn((x - self.image_mean) / self.image_std).values())
         target = feats[0].shape[-2:]
         out = None
         for tower, f in zip(self.towers, feats):
@@ -166,7 +179,7 @@ class SemanticFPN(nn.Module):
                 y = F.interpolate(y, size=target, mode="bilinear", align_corners=False)
             out = y if out is None else out + y
         logits = self.classifier(self.dropout(out))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 class _Upsample2x(nn.Module):
@@ -178,16 +191,17 @@ class _Upsample2x(nn.Module):
 
 def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
                     norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
-                    **kwargs):
+                    fpn_channels: int = 256, **kwargs):
     """torchvision RetinaNet on LSNet-FPN (strides 8-128), anchors as the release's RetinaNet:
     octave base scale 4, 3 scales per octave, aspect ratios 0.5, 1, 2.
 
     ``num_classes`` counts the object classes; labels run from 1 to num_classes.
+    ``fpn_channels`` sets the width of the neck and of the heads (the release: 256).
     """
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_top=1)
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels, extra_top=1)
     sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in fpn.strides)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     model = RetinaNet(fpn, num_classes=num_classes + 1, anchor_generator=anchors, min_size=min_size,
@@ -198,14 +212,16 @@ def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optiona
 
 def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
                    norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
-                   **kwargs):
+                   fpn_channels: int = 256, **kwargs):
     """torchvision Mask R-CNN on LSNet-FPN (strides 4-64: one transposed-conv level below the
-    backbone's stride 8). RoI heads pool from strides 4-32; the RPN uses all five levels."""
+    backbone's stride 8). RoI heads pool from strides 4-32; the RPN uses all five levels.
+    ``fpn_channels`` sets the width of the neck and of the mask head (the release: 256)."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_trans=1)
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels,
+                   extra_trans=1)
     anchors = AnchorGenerator(sizes=tuple((8 * s,) for s in fpn.strides),
                               aspect_ratios=((0.5, 1.0, 2.0),) * len(fpn.strides))
     names = [str(i) for i in range(4)]
@@ -213,15 +229,24 @@ def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional
                      box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
                      mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
                      min_size=min_size, max_size=max_size, **kwargs)
+    if fpn_channels != 256 and "mask_head" not in kwargs:  # torchvision's default mask head is 256 wide
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+        model.roi_heads.mask_head = MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1)
     model.transform.size_divisible = 64
     return model
 
 
 def semantic_fpn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
-                       norm_eval: bool = True, frozen_stages: int = -1, channels: int = 128) -> SemanticFPN:
-    """Semantic FPN on LSNet-FPN (strides 4-64)."""
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), extra_trans=1)
-    return SemanticFPN(fpn, num_classes, channels)
+                       norm_eval: bool = True, frozen_stages: int = -1, channels: int = 128,
+                       fpn_channels: int = 256, test_size: Optional[int] = None) -> SemanticFPN:
+    """Semantic FPN on LSNet-FPN (strides 4-64); ``channels`` is the width of the per-level
+    towers, ``fpn_channels`` that of the neck (the release: 128 and 256); ``test_size``
+    the shorter side inference resizes to (None: as given)."""
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels,
+                   extra_trans=1)
+    return SemanticFPN(fpn, num_classes, channels, test_size=test_size)
 
 
 def _named(builder, variant):

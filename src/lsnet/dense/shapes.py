@@ -48,13 +48,17 @@ Layout written under ``root``::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ..engine.report import progress_bar
 
 __all__ = [
     "ADE_CLASSES",
@@ -63,6 +67,8 @@ __all__ = [
     "MIN_VISIBLE_FRACTION",
     "MIN_VISIBLE_PIXELS",
     "SHAPE_CLASSES",
+    "generation_params",
+    "is_generated",
     "make_shapes",
     "render_scene",
 ]
@@ -299,9 +305,12 @@ def _clear_generated(folder: Path, pattern: str) -> None:
                 p.unlink()
 
 
-def make_shapes(root, *, num_train: int = 200, num_val: int = 50, seed: int = 0,
-                size_range=((160, 240), (200, 320)), max_objects: int = 4) -> dict:
+def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 0,
+                size_range=((160, 240), (200, 320)), max_objects: int = 4, workers: int = 0,
+                progress: bool = True) -> dict:
     """Write the synthetic shapes dataset under ``root`` in COCO and ADE20K layouts.
+
+    ``workers`` processes render the images (0: one per CPU); the files do not depend on it.
 
     ``size_range`` is ``((min_h, max_h), (min_w, max_w))``. Returns a summary dict:
     ``root``, ``seed``, ``class_names`` (COCO categories), ``seg_class_names``
@@ -337,20 +346,17 @@ def make_shapes(root, *, num_train: int = 200, num_val: int = 50, seed: int = 0,
         _clear_generated(ade_img_dir, rf"shapes_{coco_split}_\d{{8}}\.jpg")
         _clear_generated(ade_lbl_dir, rf"shapes_{coco_split}_\d{{8}}\.png")
         images, annotations = [], []
-        for idx in range(n_images):
-            # One generator per image: reproducible, and independent of how many images come before.
-            rng = np.random.default_rng([seed, split_index, idx])
-            h, w = _image_size(rng, size_range)
-            img, label, objects = render_scene(rng, h, w, max_objects)
-            image_id = idx + 1
-            file_name = f"{image_id:06d}.png"
-            Image.fromarray(img).save(img_dir / file_name)
-            stem = f"shapes_{coco_split}_{image_id:08d}"
-            Image.fromarray(img).save(ade_img_dir / f"{stem}.jpg", quality=95)
-            Image.fromarray(label).save(ade_lbl_dir / f"{stem}.png")
-            images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-            for category_id, mask in objects:
-                annotations.append(_coco_annotation(len(annotations) + 1, image_id, category_id, mask))
+        jobs = [(seed, split_index, idx, size_range, max_objects, coco_split, img_dir, ade_img_dir, ade_lbl_dir)
+                for idx in range(n_images)]
+        with _pool(workers, n_images) as pool:
+            rendered = pool.imap(_render_and_write, jobs, chunksize=8) if pool else map(_render_and_write, jobs)
+            bar = progress_bar(n_images, f"shapes {coco_split}", enabled=progress)
+            for image, objects in rendered:
+                bar.update(1)
+                images.append(image)
+                for category_id, mask in objects:
+                    annotations.append(_coco_annotation(len(annotations) + 1, image["id"], category_id, mask))
+            bar.close()
         ann_file = coco_ann_dir / f"instances_{coco_split}.json"
         data = {
             "info": {"description": f"lsnet synthetic shapes ({coco_split}, seed {seed})", "version": "1"},
@@ -368,7 +374,57 @@ def make_shapes(root, *, num_train: int = 200, num_val: int = 50, seed: int = 0,
             "ade_annotations": str(ade_lbl_dir),
         }
     _write_text(root / "ade" / "classes.json", json.dumps(list(ADE_CLASSES), indent=1) + "\n")
+    # written last: its presence says the set is complete, its content which set it is
+    _write_text(root / "shapes.json", json.dumps(generation_params(num_train, num_val, seed, size_range, max_objects),
+                                                 indent=1) + "\n")
     return summary
+
+
+def generation_params(num_train: int = 2000, num_val: int = 100, seed: int = 0,
+                      size_range=((160, 240), (200, 320)), max_objects: int = 4) -> dict:
+    """What identifies a generated set (stored as ``root/shapes.json``)."""
+    return {"version": 1, "num_train": num_train, "num_val": num_val, "seed": seed,
+            "size_range": [list(r) for r in size_range], "max_objects": max_objects}
+
+
+def is_generated(root, **params) -> bool:
+    """Whether ``root`` holds a complete set made with these :func:`make_shapes` parameters."""
+    marker = Path(root) / "shapes.json"
+    try:
+        return json.loads(marker.read_text()) == generation_params(**params)
+    except (OSError, ValueError):
+        return False
+
+
+def _render_and_write(job):
+    """Render image ``idx`` of a split and write its three files; returns the COCO image entry
+    and the annotated objects (ids are assigned by the caller, in image order)."""
+    seed, split_index, idx, size_range, max_objects, coco_split, img_dir, ade_img_dir, ade_lbl_dir = job
+    # One generator per image: reproducible, and independent of how many images come before.
+    rng = np.random.default_rng([seed, split_index, idx])
+    h, w = _image_size(rng, size_range)
+    img, label, objects = render_scene(rng, h, w, max_objects)
+    image_id = idx + 1
+    file_name = f"{image_id:06d}.png"
+    Image.fromarray(img).save(img_dir / file_name)
+    stem = f"shapes_{coco_split}_{image_id:08d}"
+    Image.fromarray(img).save(ade_img_dir / f"{stem}.jpg", quality=95)
+    Image.fromarray(label).save(ade_lbl_dir / f"{stem}.png")
+    return {"id": image_id, "file_name": file_name, "height": h, "width": w}, objects
+
+
+@contextlib.contextmanager
+def _pool(workers: int, n_images: int):
+    # Rendering is pure numpy per image: worth a process pool for large sets only.
+    if workers <= 0:  # automatic: one per CPU, for sets large enough to repay starting them
+        workers = (os.cpu_count() or 1) if n_images >= 64 else 1
+    if workers == 1:
+        yield None
+        return
+    # fork starts in milliseconds; spawn (other platforms) re-imports torch in every worker
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        yield pool
 
 
 def _write_text(path: Path, text: str) -> None:

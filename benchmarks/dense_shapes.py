@@ -1,0 +1,66 @@
+"""Train the three dense models on the synthetic shapes set with the small presets and report,
+per model, the best validation metric, when it was reached and the wall time.
+
+    python benchmarks/dense_shapes.py [--only retinanet,maskrcnn,semantic_fpn] [--output output/bench-dense]
+
+Each run is the README's command (``lsnet detect|segment train``) in a subprocess, timed from
+start to exit (model building and evaluations included; generating the shapes set is not,
+it is made first if missing). Writes ``summary.md`` and ``summary.json`` under --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = {
+    "retinanet": (["detect", "train", "--arch", "retinanet"], "val_bbox_AP50", 15),
+    "maskrcnn": (["detect", "train", "--arch", "maskrcnn"], "val_segm_AP50", 20),
+    "semantic_fpn": (["segment", "train"], "val_mIoU", 15),
+}
+TARGETS = {"retinanet": 0.6, "maskrcnn": 0.5, "semantic_fpn": 0.6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
+    parser.add_argument("--output", default="output/bench-dense")
+    args = parser.parse_args()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (Path("data/shapes") / "shapes.json").exists():  # generated outside the timed runs
+        subprocess.run([sys.executable, "-m", "lsnet", "dense", "make-shapes", "data/shapes"], check=True)
+    rows = []
+    for name in args.only.split(","):
+        cmd, key, minutes = RUNS[name]
+        run_dir = out / name
+        full = [sys.executable, "-m", "lsnet", *cmd, "--output", str(run_dir)]
+        print("$ lsnet " + " ".join(cmd + ["--output", str(run_dir)]), flush=True)
+        start = time.time()
+        subprocess.run(full, check=True)
+        wall = time.time() - start
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        best = max(records, key=lambda r: r[key])
+        rows.append({"model": name, "metric": key[4:], "best": best[key], "at_iteration": best["iteration"],
+                     "at_s": best["elapsed_s"], "wall_s": wall, "budget_min": minutes, "target": TARGETS[name],
+                     "curve": [(r["iteration"], round(r["elapsed_s"]), r[key]) for r in records]})
+    lines = [f"machine: {platform.processor() or platform.machine()}, {platform.system()}; "
+             f"{time.strftime('%Y-%m-%d')}", "",
+             "| model | metric | best | target | reached at (s) | wall (s) | budget (min) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['metric']} | {r['best']:.3f} | {r['target']} | {r['at_s']:.0f} | "
+                     f"{r['wall_s']:.0f} | {r['budget_min']} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
