@@ -85,6 +85,12 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(shapes, tmp_path, capsys):
     torch.save({"weights": torch.zeros(1)}, bogus)
     assert main(_seg_args(shapes, tmp_path / "r", "--resume", str(bogus))) == 2
     assert "bogus.pth" in capsys.readouterr().err
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    for task in ("detect", "segment"):
+        assert main([task, "eval", "--checkpoint", str(text)]) == 2
+        err = capsys.readouterr().err
+        assert "notes.txt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_segment_under_torchrun(shapes, tmp_path):

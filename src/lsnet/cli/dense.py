@@ -120,13 +120,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, device: torch.device):
-    from ..dense.engine import DenseConfig, build_dense_model
+    from ..dense.engine import DenseConfig, build_dense_model, read_dense_checkpoint
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if "config" not in ck or "task" not in ck["config"]:
-        raise ValueError(f"{path} is not a checkpoint written by lsnet detect/segment train")
+    ck = read_dense_checkpoint(path)
     cfg = DenseConfig.from_dict({**ck["config"], "backbone_checkpoint": None})
     model = build_dense_model(cfg, len(ck["class_names"]))
     model.load_state_dict(ck["model"])

@@ -269,6 +269,18 @@ def _lr_factor(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> f
     return warm * decay
 
 
+def read_dense_checkpoint(path) -> Dict[str, Any]:
+    """A checkpoint written by :func:`train_dense`, read safely; a clear error for anything else."""
+    from ..models.checkpoint import read_checkpoint_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    ck = read_checkpoint_file(path)
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck or "task" not in ck["config"]:
+        raise ValueError(f"{path} is not a checkpoint written by lsnet detect/segment train")
+    return ck
+
+
 def _epoch_loader(loader, epoch: int, seed: int):
     """Make the shuffle of ``epoch`` depend only on (seed, epoch), so a resumed run sees the
     same batches as an uninterrupted one."""
@@ -293,6 +305,7 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        ck = read_dense_checkpoint(cfg.resume) if cfg.resume else None  # a wrong file stops before any data work
         train_set, val_set, class_names = build_dense_data(cfg, info)
         model = build_dense_model(cfg, len(class_names)).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -305,12 +318,7 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
         eval_epochs = cfg.eval_every if cfg.task == "detect" else max(1, round(cfg.eval_interval / per_epoch))
         key = "bbox_AP50" if cfg.arch == "retinanet" else ("segm_AP50" if cfg.arch == "maskrcnn" else "mIoU")
         it, start_epoch, best = 0, 0, {key: -1.0}
-        if cfg.resume:
-            from ..models.checkpoint import read_checkpoint_file
-
-            ck = read_checkpoint_file(cfg.resume)
-            if not isinstance(ck, dict) or "model" not in ck or "iteration" not in ck:
-                raise ValueError(f"--resume {cfg.resume}: not a checkpoint written by lsnet detect/segment train")
+        if ck is not None:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             it, start_epoch, best = ck["iteration"], ck["epoch"] + 1, ck.get("best", best)
