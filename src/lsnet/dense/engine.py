@@ -117,20 +117,12 @@ def _shapes_root(cfg: DenseConfig, info: DistInfo) -> Path:
     from .shapes import is_generated, make_shapes
 
     root = Path(cfg.shapes_dir)
-    if not is_generated(root, **_custom_shapes(root)):
+    if not is_generated(root):  # a set of any size made by `lsnet dense make-shapes` is kept
         if info.is_main:
             print(f"generating the synthetic shapes dataset in {root} (once; about a minute per 1000 images) ...")
             make_shapes(root)
         barrier(info)
     return root
-
-
-def _custom_shapes(root: Path) -> Dict[str, Any]:
-    """The parameters of a set made by ``lsnet dense make-shapes`` with other sizes (kept as is)."""
-    try:
-        return {k: v for k, v in json.loads((root / "shapes.json").read_text()).items() if k != "version"}
-    except (OSError, ValueError):
-        return {}
 
 
 def build_dense_data(cfg: DenseConfig, info: DistInfo = DistInfo()):

@@ -388,12 +388,15 @@ def generation_params(num_train: int = 2000, num_val: int = 100, seed: int = 0,
 
 
 def is_generated(root, **params) -> bool:
-    """Whether ``root`` holds a complete set made with these :func:`make_shapes` parameters."""
-    marker = Path(root) / "shapes.json"
+    """Whether ``root`` holds a complete set of this generator version, made with these
+    :func:`make_shapes` parameters (any parameters when none are given)."""
     try:
-        return json.loads(marker.read_text()) == generation_params(**params)
+        found = json.loads((Path(root) / "shapes.json").read_text())
     except (OSError, ValueError):
         return False
+    if not params:
+        return isinstance(found, dict) and found.get("version") == generation_params()["version"]
+    return found == generation_params(**params)
 
 
 def _render_and_write(job):
