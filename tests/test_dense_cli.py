@@ -24,8 +24,11 @@ def shapes(tmp_path_factory):
 def test_segment_train_eval_predict(shapes, tmp_path, capsys):
     out = tmp_path / "seg"
     assert main(["segment", "train", "--shapes-dir", str(shapes), "--iters", "6", "--batch-size", "4",
-                 "--crop-size", "96", "--output", str(out)]) == 0
+                 "--crop-size", "96", "--output", str(out), "--seg-loss", "ce+dice", "--cat-max-ratio", "0.75",
+                 "--no-channels-last"]) == 0
     assert "best mIoU" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["seg_loss"], saved["cat_max_ratio"], saved["channels_last"]) == ("ce+dice", 0.75, False)
     for f in ("last.pth", "best.pth", "metrics.jsonl", "curves.png", "config.json"):
         assert (out / f).is_file(), f
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -112,3 +115,20 @@ def test_bad_annotations_stop_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "instances_train.json" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "last.pth").exists()
+
+
+def test_presets_per_model_and_fractional_lr_steps():
+    from lsnet.dense.engine import _lr_factor, resolve_dense_config
+
+    mask = resolve_dense_config("detect", {"arch": "maskrcnn"})
+    retina = resolve_dense_config("detect", {"arch": "retinanet"})
+    assert (mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (64, 1, (1.75,))
+    assert (retina.lr, retina.lr_steps) == (1e-3, (2,))
+    assert resolve_dense_config("detect", {"arch": "maskrcnn", "lr": 5e-4}).lr == 5e-4  # flags still win
+    assert resolve_dense_config("detect", {"arch": "maskrcnn", "preset": "1x"}).roi_batch_size == 512
+    # a step at 1.75 epochs falls inside the second epoch (250 iterations each, warm-up over)
+    factors = [_lr_factor(mask, it, 500, 250) for it in (436, 437, 438, 499)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    # whole-epoch steps behave as before: the 1x schedule drops at the start of epochs 9 and 12
+    paper = resolve_dense_config("detect", {"preset": "1x"})
+    assert [_lr_factor(paper, it, 1200, 100) for it in (799, 800, 1099, 1100)] == pytest.approx([1, 0.1, 0.1, 0.01])

@@ -479,3 +479,27 @@ def test_segmentation_metric_hand_example():
         m2.update(torch.tensor([[4]]), torch.tensor([[0]]))
     m.reset()
     assert m.confusion.sum() == 0 and math.isnan(m.compute()["mIoU"])
+
+
+def test_segmentation_crop_respects_cat_max_ratio():
+    # A 30x30 square of class 3 in a 100x100 background: most 40x40 crops are (nearly) all background.
+    image = torch.rand(3, 100, 100)
+    mask = torch.zeros(100, 100, dtype=torch.int64)
+    mask[60:90, 10:40] = 3
+
+    def fraction_ok(ratio, draws=200):
+        torch.manual_seed(0)
+        tf = SegmentationTransform(True, crop_size=40, scale_range=(1.0, 1.0), hflip=0.0, cat_max_ratio=ratio)
+        ok = 0
+        for _ in range(draws):
+            _, m = tf(image, mask)
+            counts = torch.bincount(m.flatten(), minlength=4)
+            counts = counts[counts > 0]
+            ok += int(len(counts) > 1 and counts.max() < 0.75 * counts.sum())
+        return ok / draws
+
+    # One crop position in six qualifies (counted over all 61x61 positions); ten tries: 1 - (5/6)^10 = 0.84.
+    plain, redrawn = fraction_ok(1.0), fraction_ok(0.75)
+    assert plain < 0.3 and redrawn > 0.7
+    with pytest.raises(ValueError, match="cat_max_ratio"):
+        SegmentationTransform(True, cat_max_ratio=0.0)

@@ -168,3 +168,43 @@ def test_short_training_lowers_the_losses():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_segmentation_loss_dice_term_matches_hand_computation():
+    from lsnet.dense.engine import segmentation_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[0, 0, :] = 255  # ignored row
+    ce = F.cross_entropy(logits, labels, ignore_index=255)
+    assert torch.equal(segmentation_loss(logits, labels, "ce"), ce)
+    # soft Dice by explicit loops over classes and valid pixels
+    probs = logits.detach().softmax(1)
+    valid = labels != 255
+    dices = []
+    for c in range(3):
+        p = probs[:, c][valid]
+        g = (labels[valid] == c).double()
+        dices.append((2 * (p.double() * g).sum() + 1) / (p.double().sum() + g.sum() + 1))
+    expect = ce.item() + float(sum(1 - d for d in dices) / 3)
+    got = segmentation_loss(logits, labels, "ce+dice")
+    assert got.item() == pytest.approx(expect, rel=1e-5)
+    got.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # a confident, correct prediction has (almost) no Dice loss left
+    perfect = F.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 50
+    assert segmentation_loss(perfect, labels, "ce+dice").item() < 0.05
+    with pytest.raises(ValueError, match="lovasz"):
+        segmentation_loss(logits, labels, "lovasz")
+
+
+def test_semantic_fpn_channels_last_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = semantic_fpn_lsnet_t(4, fpn_channels=32, norm_eval=False).eval()
+    x = torch.rand(2, 3, 96, 130)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -54,6 +54,8 @@ def add_parsers(sub) -> None:
         tr.add_argument("--seed", type=int)
         tr.add_argument("--fpn-channels", type=int, help="width of the FPN neck and heads (the release: 256)")
         tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
+        tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory layout (default on: faster convolutions on CPU)")
         if task == "detect":
             tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
             tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
@@ -64,6 +66,9 @@ def add_parsers(sub) -> None:
             tr.add_argument("--scale-range", type=_floats, help="random rescale range before cropping, e.g. 0.5,2.0")
             tr.add_argument("--base-size", type=int,
                             help="shorter side the rescale is relative to and inference resizes to")
+            tr.add_argument("--cat-max-ratio", type=float, metavar="R",
+                            help="re-draw a crop (up to 10 times) while one class covers R or more of it")
+            tr.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="training loss (default ce)")
         tr.set_defaults(func=run_train, task=task)
         ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
         ev.add_argument("--checkpoint", required=True)

@@ -519,7 +519,10 @@ class SegmentationTransform:
     image, or to a shorter side of ``base_size`` when given), random crop of
     ``crop_size`` (int or ``(h, w)``), padding first where the image is smaller
     (image with 0, mask with 255 so padding is ignored), then horizontal flip with
-    probability ``hflip``. Evaluation: identity, unless ``eval_size`` is given, in
+    probability ``hflip``. With ``cat_max_ratio`` below 1, up to ten crop positions are
+    drawn and the first in which no single class covers that fraction of the labelled
+    pixels is kept (mmsegmentation's RandomCrop rule; its ADE20K pipelines use 0.75), so
+    crops of nothing but background become rare. Evaluation: identity, unless ``eval_size`` is given, in
     which case only the *image* is resized to that shorter side; the mask stays at
     full resolution so scores are computed on the original labels (upsample the
     logits to the mask size).
@@ -527,8 +530,11 @@ class SegmentationTransform:
 
     def __init__(self, train: bool, crop_size: int | tuple[int, int] = 512,
                  scale_range: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5, *,
-                 base_size: int | None = None, eval_size: int | None = None):
+                 base_size: int | None = None, eval_size: int | None = None, cat_max_ratio: float = 1.0):
         self.train = train
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+        self.cat_max_ratio = float(cat_max_ratio)
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:
             raise ValueError(f"crop_size must be a positive int or (h, w), got {crop_size}")
@@ -561,8 +567,15 @@ class SegmentationTransform:
             image = F.pad(image, (0, pw, 0, ph), value=0.0)
             mask = F.pad(mask, (0, pw, 0, ph), value=SEG_IGNORE_INDEX)
         H, W = image.shape[-2:]
-        top = int(torch.randint(H - ch + 1, ()).item())
-        left = int(torch.randint(W - cw + 1, ()).item())
+        for _ in range(10 if self.cat_max_ratio < 1 else 1):
+            top = int(torch.randint(H - ch + 1, ()).item())
+            left = int(torch.randint(W - cw + 1, ()).item())
+            if self.cat_max_ratio < 1:
+                window = mask[top:top + ch, left:left + cw]
+                counts = torch.bincount(window[window != SEG_IGNORE_INDEX].flatten().long())
+                counts = counts[counts > 0]
+                if len(counts) > 1 and counts.max() < self.cat_max_ratio * counts.sum():
+                    break
         image = image[:, top:top + ch, left:left + cw]
         mask = mask[top:top + ch, left:left + cw]
         if self.hflip > 0 and torch.rand(()).item() < self.hflip:
@@ -572,7 +585,7 @@ class SegmentationTransform:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train={self.train}, crop_size={self.crop_size}, "
                 f"scale_range={self.scale_range}, hflip={self.hflip}, base_size={self.base_size}, "
-                f"eval_size={self.eval_size})")
+                f"eval_size={self.eval_size}, cat_max_ratio={self.cat_max_ratio})")
 
 
 # =========================================================================== synthetic shapes

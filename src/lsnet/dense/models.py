@@ -212,10 +212,11 @@ def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optiona
 
 def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
                    norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
-                   fpn_channels: int = 256, **kwargs):
+                   fpn_channels: int = 256, sampling_ratio: int = 2, **kwargs):
     """torchvision Mask R-CNN on LSNet-FPN (strides 4-64: one transposed-conv level below the
     backbone's stride 8). RoI heads pool from strides 4-32; the RPN uses all five levels.
-    ``fpn_channels`` sets the width of the neck and of the mask head (the release: 256)."""
+    ``fpn_channels`` sets the width of the neck and of the mask head (the release: 256);
+    ``sampling_ratio`` the RoIAlign sampling points per bin side (fewer: faster on CPU)."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
@@ -226,8 +227,8 @@ def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional
                               aspect_ratios=((0.5, 1.0, 2.0),) * len(fpn.strides))
     names = [str(i) for i in range(4)]
     model = MaskRCNN(fpn, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
-                     box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
-                     mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+                     box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=sampling_ratio),
+                     mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=sampling_ratio),
                      min_size=min_size, max_size=max_size, **kwargs)
     if fpn_channels != 256 and "mask_head" not in kwargs:  # torchvision's default mask head is 256 wide
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor

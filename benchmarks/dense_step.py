@@ -1,0 +1,85 @@
+"""Training-step time of the dense models' small presets, default (NCHW) against channels-last
+memory layout, measured side by side (interleaved rounds, medians).
+
+    python benchmarks/dense_step.py [--models semantic_fpn,retinanet,maskrcnn] [--rounds 5]
+
+One step = forward, loss, backward and AdamW update on one batch of the shapes set with the
+preset's batch size and image size (data loading excluded). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from lsnet.dense.datasets import collate_detection
+from lsnet.dense.engine import build_dense_data, build_dense_model, resolve_dense_config, segmentation_loss
+
+TASKS = {"semantic_fpn": "segment", "retinanet": "detect", "maskrcnn": "detect"}
+
+
+def make_step(name: str, channels_last: bool, overrides=None):
+    """A closure running one training step of ``name`` in the chosen layout."""
+    task = TASKS[name]
+    cfg = resolve_dense_config(task, {"arch": name, "channels_last": channels_last, **(overrides or {})})
+    train, _, classes = build_dense_data(cfg)
+    torch.manual_seed(0)
+    model = build_dense_model(cfg, len(classes)).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    items = [train[i] for i in range(cfg.batch_size)]
+    if task == "segment":
+        images = torch.stack([im for im, _ in items]).contiguous(memory_format=fmt)
+        labels = torch.stack([lb for _, lb in items])
+
+        def loss_fn():
+            return segmentation_loss(model(images), labels, cfg.seg_loss)
+    else:
+        images, targets = collate_detection(items)
+
+        def loss_fn():
+            return sum(model(list(images), list(targets)).values())
+
+    def step():
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, cfg
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="semantic_fpn,retinanet,maskrcnn")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds per layout")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
+    print("| model | batch | NCHW s/step | channels-last s/step | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        runs = {}
+        for cl in (False, True):
+            step, cfg = make_step(name, cl)
+            step()  # warm-up: first-call allocations and oneDNN primitive creation
+            runs[cl] = (step, [])
+        for r in range(args.rounds):
+            print(f"  {name}: round {r + 1}/{args.rounds}", end="\r", flush=True)
+            for cl, (step, times) in runs.items():
+                torch.manual_seed(r)  # detection draws a training scale per step: the same for both layouts
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+        nchw, nhwc = (statistics.median(runs[cl][1]) for cl in (False, True))
+        print(f"| {name} | {cfg.batch_size} | {nchw:.3f} | {nhwc:.3f} | {nchw / nhwc:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
