@@ -123,7 +123,7 @@ def test_presets_per_model_and_fractional_lr_steps():
     mask = resolve_dense_config("detect", {"arch": "maskrcnn"})
     retina = resolve_dense_config("detect", {"arch": "retinanet"})
     assert (mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (64, 1, (1.75,))
-    assert (retina.lr, retina.lr_steps) == (1e-3, (2,))
+    assert (retina.epochs, retina.lr, retina.lr_steps, retina.roi_batch_size) == (4, 1e-3, (3.5,), 128)
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "lr": 5e-4}).lr == 5e-4  # flags still win
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "preset": "1x"}).roi_batch_size == 512
     # a step at 1.75 epochs falls inside the second epoch (250 iterations each, warm-up over)
