@@ -570,17 +570,21 @@ class SegmentationTransform:
         for _ in range(10 if self.cat_max_ratio < 1 else 1):
             top = int(torch.randint(H - ch + 1, ()).item())
             left = int(torch.randint(W - cw + 1, ()).item())
-            if self.cat_max_ratio < 1:
-                window = mask[top:top + ch, left:left + cw]
-                counts = torch.bincount(window[window != SEG_IGNORE_INDEX].flatten().long())
-                counts = counts[counts > 0]
-                if len(counts) > 1 and counts.max() < self.cat_max_ratio * counts.sum():
-                    break
+            if self._mixed_enough(mask[top:top + ch, left:left + cw]):
+                break
         image = image[:, top:top + ch, left:left + cw]
         mask = mask[top:top + ch, left:left + cw]
         if self.hflip > 0 and torch.rand(()).item() < self.hflip:
             image, mask = image.flip(-1), mask.flip(-1)
         return image.contiguous(), mask.contiguous()
+
+    def _mixed_enough(self, window: torch.Tensor) -> bool:
+        """True when no class covers ``cat_max_ratio`` or more of the window's labelled pixels."""
+        if self.cat_max_ratio >= 1:
+            return True
+        counts = torch.bincount(window[window != SEG_IGNORE_INDEX].flatten())
+        counts = counts[counts > 0]
+        return len(counts) > 1 and bool(counts.max() < self.cat_max_ratio * counts.sum())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train={self.train}, crop_size={self.crop_size}, "
