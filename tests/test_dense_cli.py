@@ -122,13 +122,35 @@ def test_presets_per_model_and_fractional_lr_steps():
 
     mask = resolve_dense_config("detect", {"arch": "maskrcnn"})
     retina = resolve_dense_config("detect", {"arch": "retinanet"})
-    assert (mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (64, 1, (1.75,))
+    assert (mask.epochs, mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (3, 64, 1, (2.75,))
     assert (retina.epochs, retina.lr, retina.lr_steps, retina.roi_batch_size) == (4, 1e-3, (3.5,), 128)
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "lr": 5e-4}).lr == 5e-4  # flags still win
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "preset": "1x"}).roi_batch_size == 512
-    # a step at 1.75 epochs falls inside the second epoch (250 iterations each, warm-up over)
-    factors = [_lr_factor(mask, it, 500, 250) for it in (436, 437, 438, 499)]
+    # a step at 2.75 epochs falls inside the third epoch (250 iterations each, warm-up over)
+    factors = [_lr_factor(mask, it, 750, 250) for it in (686, 687, 688, 749)]
     assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1])
     # whole-epoch steps behave as before: the 1x schedule drops at the start of epochs 9 and 12
     paper = resolve_dense_config("detect", {"preset": "1x"})
     assert [_lr_factor(paper, it, 1200, 100) for it in (799, 800, 1099, 1100)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("flag,value,message", [("--lr-steps", "3,-1", "--lr-steps must be epochs >= 0"),
+                                                ("--eval-every", "0", "--eval-every must be at least 1"),
+                                                ("--roi-batch-size", "0", "--roi-batch-size must be at least 1")])
+def test_bad_detection_schedule_flags_stop_with_one_line(tmp_path, capsys, flag, value, message):
+    assert main(["detect", "train", "--arch", "maskrcnn", "--data", str(tmp_path / "none"), flag, value,
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_detection_schedule_flags_reach_the_config():
+    from lsnet.cli.main import build_parser
+    from lsnet.cli.dense import _overrides
+    from lsnet.dense.engine import resolve_dense_config
+
+    args = build_parser().parse_args(["detect", "train", "--arch", "maskrcnn", "--lr-steps", "2.5,2.9",
+                                      "--eval-every", "3", "--roi-batch-size", "32"])
+    cfg = resolve_dense_config("detect", _overrides(args))
+    assert (cfg.lr_steps, cfg.eval_every, cfg.roi_batch_size) == ((2.5, 2.9), 3, 32)

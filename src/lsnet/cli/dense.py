@@ -60,6 +60,10 @@ def add_parsers(sub) -> None:
             tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
             tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
             tr.add_argument("--max-size", type=int)
+            tr.add_argument("--lr-steps", type=_floats, metavar="EPOCHS",
+                            help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
+            tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
+            tr.add_argument("--roi-batch-size", type=int, metavar="N", help="Mask R-CNN: RoIs sampled per image")
         else:
             tr.add_argument("--crop-size", type=int)
             tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")

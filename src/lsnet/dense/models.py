@@ -11,6 +11,7 @@ upsamples to the size of the lateral it is added to, not by a fixed factor of tw
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -191,20 +192,31 @@ class _Upsample2x(nn.Module):
 
 def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
                     norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
-                    fpn_channels: int = 256, **kwargs):
+                    fpn_channels: int = 256, head_norm: str = "none", box_loss: str = "l1", **kwargs):
     """torchvision RetinaNet on LSNet-FPN (strides 8-128), anchors as the release's RetinaNet:
     octave base scale 4, 3 scales per octave, aspect ratios 0.5, 1, 2.
 
     ``num_classes`` counts the object classes; labels run from 1 to num_classes.
     ``fpn_channels`` sets the width of the neck and of the heads (the release: 256).
+    ``head_norm="gn"`` puts GroupNorm (8 channels per group) after each head conv and
+    ``box_loss="giou"`` regresses boxes with the GIoU loss, as torchvision's RetinaNet v2;
+    the defaults ("none", "l1") are the release's head.
     """
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.retinanet import RetinaNetHead
 
+    if head_norm not in ("none", "gn"):
+        raise ValueError(f"unknown RetinaNet head norm {head_norm!r}; choose none or gn")
+    if box_loss not in ("l1", "smooth_l1", "giou"):
+        raise ValueError(f"unknown RetinaNet box loss {box_loss!r}; choose l1, smooth_l1 or giou")
     fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels, extra_top=1)
     sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in fpn.strides)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
-    model = RetinaNet(fpn, num_classes=num_classes + 1, anchor_generator=anchors, min_size=min_size,
+    norm = functools.partial(nn.GroupNorm, max(1, fpn_channels // 8)) if head_norm == "gn" else None
+    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1, norm_layer=norm)
+    head.regression_head._loss_type = box_loss  # torchvision's switch between its box losses
+    model = RetinaNet(fpn, num_classes=num_classes + 1, anchor_generator=anchors, head=head, min_size=min_size,
                       max_size=max_size, **kwargs)
     model.transform.size_divisible = 64
     return model
