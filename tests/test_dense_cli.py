@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -124,6 +125,10 @@ def test_presets_per_model_and_fractional_lr_steps():
     retina = resolve_dense_config("detect", {"arch": "retinanet"})
     assert (mask.epochs, mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (3, 64, 1, (2.75,))
     assert (retina.epochs, retina.lr, retina.lr_steps, retina.roi_batch_size) == (4, 1e-3, (3.5,), 128)
+    assert (retina.head_norm, retina.box_loss) == ("gn", "giou")
+    assert (mask.head_norm, mask.box_loss) == ("none", "l1")  # RetinaNet-only options keep their defaults
+    paper_retina = resolve_dense_config("detect", {"arch": "retinanet", "preset": "1x"})
+    assert (paper_retina.head_norm, paper_retina.box_loss) == ("none", "l1")  # the release's head
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "lr": 5e-4}).lr == 5e-4  # flags still win
     assert resolve_dense_config("detect", {"arch": "maskrcnn", "preset": "1x"}).roi_batch_size == 512
     # a step at 2.75 epochs falls inside the third epoch (250 iterations each, warm-up over)
@@ -148,9 +153,14 @@ def test_bad_detection_schedule_flags_stop_with_one_line(tmp_path, capsys, flag,
 def test_detection_schedule_flags_reach_the_config():
     from lsnet.cli.main import build_parser
     from lsnet.cli.dense import _overrides
-    from lsnet.dense.engine import resolve_dense_config
+    from lsnet.dense.engine import build_dense_model, resolve_dense_config
 
     args = build_parser().parse_args(["detect", "train", "--arch", "maskrcnn", "--lr-steps", "2.5,2.9",
-                                      "--eval-every", "3", "--roi-batch-size", "32"])
+                                      "--eval-every", "3", "--roi-batch-size", "32", "--head-norm", "gn",
+                                      "--box-loss", "giou"])
     cfg = resolve_dense_config("detect", _overrides(args))
     assert (cfg.lr_steps, cfg.eval_every, cfg.roi_batch_size) == ((2.5, 2.9), 3, 32)
+    assert (cfg.head_norm, cfg.box_loss) == ("gn", "giou")
+    model = build_dense_model(dataclasses.replace(cfg, arch="retinanet"), 3)
+    assert model.head.regression_head._loss_type == "giou"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules())

@@ -56,6 +56,26 @@ def test_retinanet_losses_and_outputs(sizes):
     assert len(out) == len(images) and all(set(o) == {"boxes", "scores", "labels"} for o in out)
 
 
+def test_retinanet_v2_style_head_groupnorm_and_giou():
+    release = retinanet_lsnet_t(num_classes=3, fpn_channels=64)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in release.head.modules())
+    assert release.head.regression_head._loss_type == "l1"
+    model = retinanet_lsnet_t(num_classes=3, fpn_channels=64, head_norm="gn", box_loss="giou",
+                              min_size=128, max_size=192)
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 8 and all((m.num_groups, m.num_channels) == (8, 64) for m in norms)  # 4 per subnet
+    sizes = [(131, 170), (150, 119)]
+    losses = model.train()([torch.rand(3, *s) for s in sizes], _targets(sizes))
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    assert losses["bbox_regression"] <= 2  # a GIoU loss lies in [0, 2]; an L1 on deltas has no such bound
+    sum(losses.values()).backward()
+    assert norms[0].weight.grad is not None
+    with pytest.raises(ValueError, match="box loss 'iou'"):
+        retinanet_lsnet_t(num_classes=3, box_loss="iou")
+    with pytest.raises(ValueError, match="head norm 'bn'"):
+        retinanet_lsnet_t(num_classes=3, head_norm="bn")
+
+
 def test_retinanet_anchors_are_the_release_s():
     model = retinanet_lsnet_t(num_classes=3)
     gen = model.anchor_generator

@@ -64,6 +64,10 @@ def add_parsers(sub) -> None:
                             help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
             tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
             tr.add_argument("--roi-batch-size", type=int, metavar="N", help="Mask R-CNN: RoIs sampled per image")
+            tr.add_argument("--head-norm", choices=["none", "gn"],
+                            help="RetinaNet: GroupNorm in the head convs (gn, torchvision's v2 head) or none (release)")
+            tr.add_argument("--box-loss", choices=["l1", "smooth_l1", "giou"],
+                            help="RetinaNet: box regression loss (default l1, the release's)")
         else:
             tr.add_argument("--crop-size", type=int)
             tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")

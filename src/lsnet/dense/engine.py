@@ -106,8 +106,10 @@ DENSE_PRESETS: Dict[str, Dict[str, Any]] = {
 # its 20 minutes (1139 s measured), and the rate drops 10x for the last twelfth of the run.
 SMALL_DETECT_ARCH: Dict[str, Dict[str, Any]] = {
     "maskrcnn": dict(epochs=3, lr_steps=(2.75,), roi_batch_size=64, roi_sampling_ratio=1),
-    # RetinaNet's steps are cheaper: four epochs take about its 15 minutes (933 s measured)
-    "retinanet": dict(epochs=4, lr_steps=(3.5,)),
+    # RetinaNet's steps are cheaper: four epochs take about its 15 minutes (933 s measured). Its
+    # release head has no normalisation; from scratch, torchvision v2's GroupNorm head with a GIoU
+    # box loss learns about twice as fast (bbox AP50 0.119 against 0.063 after one epoch)
+    "retinanet": dict(epochs=4, lr_steps=(3.5,), head_norm="gn", box_loss="giou"),
 }
 
 
