@@ -124,7 +124,7 @@ def test_presets_per_model_and_fractional_lr_steps():
     mask = resolve_dense_config("detect", {"arch": "maskrcnn"})
     retina = resolve_dense_config("detect", {"arch": "retinanet"})
     assert (mask.epochs, mask.roi_batch_size, mask.roi_sampling_ratio, mask.lr_steps) == (3, 64, 1, (2.75,))
-    assert (retina.epochs, retina.lr, retina.lr_steps, retina.roi_batch_size) == (4, 2e-3, (3.5,), 128)
+    assert (retina.epochs, retina.lr, retina.lr_steps, retina.roi_batch_size) == (4, 1e-3, (3.5,), 128)
     assert (retina.head_norm, retina.box_loss) == ("gn", "giou")
     assert (mask.head_norm, mask.box_loss) == ("none", "l1")  # RetinaNet-only options keep their defaults
     paper_retina = resolve_dense_config("detect", {"arch": "retinanet", "preset": "1x"})
