@@ -54,8 +54,13 @@ def test_detect_train_eval_predict(shapes, tmp_path, capsys, arch):
     assert f"best {key}" in capsys.readouterr().out
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= record[f"val_{key}"] <= 1 or record[f"val_{key}"] == -1
-    assert main(["detect", "eval", "--checkpoint", str(out / "last.pth")]) == 0
-    assert "bbox_AP50" in capsys.readouterr().out
+    assert main(["detect", "eval", "--checkpoint", str(out / "last.pth"), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "bbox_AP50" in printed and "| bbox AP / AP50 circle |" in printed
+    per_class = json.loads((tmp_path / "m.json").read_text())["bbox_per_class"]
+    assert list(per_class) == ["circle", "square", "triangle", "ellipse", "star"]
+    if arch == "maskrcnn":
+        assert "| segm AP / AP50 star |" in printed
     image = sorted((shapes / "coco" / "val" / "images").iterdir())[0]
     assert main(["detect", "predict", "--checkpoint", str(out / "last.pth"), "--score-threshold", "0.0",
                  "--output", str(tmp_path / "p"), str(image)]) == 0

@@ -400,6 +400,29 @@ def test_coco_evaluate_perfect_predictions(shapes):
         assert all(v == -1 or 0 <= v <= 1 for v in res[iou_type].values())
 
 
+def test_coco_evaluate_per_class(shapes):
+    root, _ = shapes
+    ds = shapes_coco(root, "train", with_masks=True)
+    preds = _gt_predictions(ds)
+    present = sorted({int(lb) for p in preds.values() for lb in p["labels"]})
+    assert len(present) >= 2, "the fixture set should hold at least two kinds of shape"
+    missed = present[0]  # drop every detection of one class: its AP is 0, the others stay perfect
+    for p in preds.values():
+        keep = p["labels"] != missed
+        for k in ("boxes", "labels", "scores", "masks"):
+            p[k] = p[k][keep]
+    res = coco_evaluate(ds.coco, preds, iou_types=("bbox",), label_to_cat_id=ds.label_to_cat_id, per_class=True)
+    per_class = res["bbox"]["per_class"]
+    assert list(per_class) == list(SHAPE_CLASSES)
+    for label, name in enumerate(SHAPE_CLASSES, start=1):
+        expected = 0.0 if label == missed else (1.0 if label in present else -1.0)
+        assert per_class[name]["AP"] == pytest.approx(expected) and per_class[name]["AP50"] == pytest.approx(expected)
+    # the overall AP is the mean over the classes with ground truth
+    assert res["bbox"]["AP"] == pytest.approx((len(present) - 1) / len(present))
+    assert "per_class" not in coco_evaluate(ds.coco, preds, iou_types=("bbox",),
+                                            label_to_cat_id=ds.label_to_cat_id)["bbox"]
+
+
 def test_coco_evaluate_empty_predictions(shapes):
     root, _ = shapes
     ds = shapes_coco(root, "val", with_masks=True)

@@ -156,8 +156,11 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{cfg.arch} ({cfg.backbone}) on {cfg.data} validation, {len(val)} images")
     print("| metric | value |\n|---|---:|")
     for k, v in res.items():
-        if not isinstance(v, list):
+        if isinstance(v, float):
             print(f"| {k} | {v:.4f} |")
+    for kind in ("bbox", "segm"):
+        for name, values in res.get(f"{kind}_per_class", {}).items():
+            print(f"| {kind} AP / AP50 {name} | {values['AP']:.4f} / {values['AP50']:.4f} |")
     if "per_class_iou" in res:
         for name, iou in zip(names, res["per_class_iou"]):
             print(f"| IoU {name} | {iou:.4f} |")

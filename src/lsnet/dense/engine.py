@@ -232,8 +232,9 @@ def _loader(dataset, cfg: DenseConfig, info: DistInfo, train: bool):
 
 @torch.no_grad()
 def evaluate_dense(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device,
-                   info: DistInfo = DistInfo()) -> Dict[str, float]:
-    """COCO AP (bbox, and segm for Mask R-CNN) or mIoU / pixel accuracy on ``dataset``.
+                   info: DistInfo = DistInfo()) -> Dict[str, Any]:
+    """COCO AP (bbox, and segm for Mask R-CNN; also per class) or mIoU / pixel accuracy
+    (also per-class IoU) on ``dataset``.
 
     Leaves the random number generators as it found them, so evaluating (or not) does not
     change the course of training."""
@@ -242,7 +243,7 @@ def evaluate_dense(model: nn.Module, dataset, cfg: DenseConfig, device: torch.de
         return _evaluate(model, dataset, cfg, device, info)
 
 
-def _evaluate(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device, info: DistInfo) -> Dict[str, float]:
+def _evaluate(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device, info: DistInfo) -> Dict[str, Any]:
     model.eval()
     loader = _loader(dataset, cfg, info, train=False)
     if cfg.task == "detect":
@@ -258,11 +259,12 @@ def _evaluate(model: nn.Module, dataset, cfg: DenseConfig, device: torch.device,
             torch.distributed.all_gather_object(gathered, preds)
             preds = {k: v for part in gathered for k, v in part.items()}
         iou_types = ("bbox", "segm") if cfg.arch == "maskrcnn" else ("bbox",)
-        res = coco_evaluate(dataset.coco, preds, iou_types, dataset.label_to_cat_id, img_ids=list(dataset.ids))
-        flat = {}
+        res = coco_evaluate(dataset.coco, preds, iou_types, dataset.label_to_cat_id, img_ids=list(dataset.ids),
+                            per_class=True)
+        flat: Dict[str, Any] = {}
         for kind, stats in res.items():
             for name, value in stats.items():
-                flat[f"{kind}_{name}"] = float(value)
+                flat[f"{kind}_{name}"] = value if isinstance(value, dict) else float(value)
         return flat
     from .metrics import SegmentationMetric
 
@@ -419,7 +421,7 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
             record = {"epoch": epoch, "iteration": it, "train_loss": loss_sum / max(n, 1),
                       "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0,
                       "elapsed_s": time.time() - t_start,
-                      **{f"val_{k}": v for k, v in res.items() if not isinstance(v, list)}}
+                      **{f"val_{k}": v for k, v in res.items() if isinstance(v, float)}}
             loss_sum, n, t0 = 0.0, 0, time.time()
             if info.is_main:
                 payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": it,

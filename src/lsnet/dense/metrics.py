@@ -107,7 +107,7 @@ def _load_results(coco_gt, results: list[dict]):
 
 def coco_evaluate(coco_gt, predictions: Mapping[int, Mapping], iou_types: Sequence[str] = ("bbox",),
                   label_to_cat_id: Mapping[int, int] | None = None, *,
-                  img_ids: Sequence[int] | None = None) -> dict:
+                  img_ids: Sequence[int] | None = None, per_class: bool = False) -> dict:
     """COCO AP of torchvision-style predictions against ``coco_gt`` (a ``pycocotools`` COCO).
 
     ``predictions`` maps image id to ``{"boxes" [N, 4] x1y1x2y2, "scores" [N],
@@ -118,7 +118,9 @@ def coco_evaluate(coco_gt, predictions: Mapping[int, Mapping], iou_types: Sequen
     tensors), else, when ``predictions`` is empty, every ground-truth image.
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
     "AR100", "ARs", "ARm", "ARl"}}`` as floats in 0..1, -1 where COCO finds the
-    value undefined (e.g. no ground truth of that size).
+    value undefined (e.g. no ground truth of that size). With ``per_class=True`` each
+    entry also holds ``"per_class": {category name: {"AP", "AP50"}}`` (areas all, 100
+    detections; -1 for a category without ground truth), as mmdetection's ``classwise``.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -145,7 +147,24 @@ def coco_evaluate(coco_gt, predictions: Mapping[int, Mapping], iou_types: Sequen
             ev.accumulate()
             ev.summarize()
         out[iou_type] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
+        if per_class:
+            out[iou_type]["per_class"] = _per_class_ap(coco_gt, ev)
     return out
+
+
+def _per_class_ap(coco_gt, ev) -> dict:
+    """AP and AP50 per category from an accumulated COCOeval (area "all", the most detections)."""
+    # precision: [IoU thresholds, recall points, categories, areas, max detections]; -1 = undefined
+    precision = ev.eval["precision"]
+    result = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        name = coco_gt.cats[cat_id].get("name", str(cat_id))
+        values = {}
+        for key, p in (("AP", precision[:, :, k, 0, -1]), ("AP50", precision[0, :, k, 0, -1])):
+            defined = p[p > -1]
+            values[key] = float(defined.mean()) if defined.size else -1.0
+        result[name] = values
+    return result
 
 
 class SegmentationMetric:
