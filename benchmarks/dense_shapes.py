@@ -2,6 +2,7 @@
 per model, the best validation metric, when it was reached and the wall time.
 
     python benchmarks/dense_shapes.py [--only retinanet,maskrcnn,semantic_fpn] [--output output/bench-dense]
+                                      [--backbone-checkpoint runs/shapes-backbone/best.pth]
 
 Each run is the README's command (``lsnet detect|segment train``) in a subprocess, timed from
 start to exit (model building and evaluations included; generating the shapes set is not,
@@ -30,6 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
     parser.add_argument("--output", default="output/bench-dense")
+    parser.add_argument("--backbone-checkpoint", help="classification weights for every backbone (default: from "
+                                                      "scratch); made beforehand, so not part of the timed runs")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -38,6 +41,10 @@ def main() -> int:
     rows = []
     for name in args.only.split(","):
         cmd, key, minutes = RUNS[name]
+        if args.backbone_checkpoint:
+            if not Path(args.backbone_checkpoint).is_file():
+                parser.error(f"--backbone-checkpoint: no such file: {args.backbone_checkpoint}")
+            cmd = cmd + ["--backbone-checkpoint", args.backbone_checkpoint]
         run_dir = out / name
         full = [sys.executable, "-m", "lsnet", *cmd, "--output", str(run_dir)]
         print("$ lsnet " + " ".join(cmd + ["--output", str(run_dir)]), flush=True)
@@ -50,7 +57,7 @@ def main() -> int:
                      "at_s": best["elapsed_s"], "wall_s": wall, "budget_min": minutes, "target": TARGETS[name],
                      "curve": [(r["iteration"], round(r["elapsed_s"]), r[key]) for r in records]})
     lines = [f"machine: {platform.processor() or platform.machine()}, {platform.system()}; "
-             f"{time.strftime('%Y-%m-%d')}", "",
+             f"{time.strftime('%Y-%m-%d')}; backbone: {args.backbone_checkpoint or 'from scratch'}", "",
              "| model | metric | best | target | reached at (s) | wall (s) | budget (min) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:

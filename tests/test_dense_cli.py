@@ -169,3 +169,25 @@ def test_detection_schedule_flags_reach_the_config():
     model = build_dense_model(dataclasses.replace(cfg, arch="retinanet"), 3)
     assert model.head.regression_head._loss_type == "giou"
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules())
+
+
+def test_pretrain_on_shape_crops_then_segment_from_that_backbone(shapes, tmp_path, capsys):
+    """The README's pre-training route: make-shape-crops -> lsnet train -> --backbone-checkpoint."""
+    crops = tmp_path / "crops"
+    assert main(["dense", "make-shape-crops", str(crops), "--num-train", "40", "--num-val", "30", "--size", "64"]) == 0
+    assert "train: 40 images" in capsys.readouterr().out
+    cls = tmp_path / "cls"
+    assert main(["train", "--data", str(crops), "--preset", "small", "--epochs", "1", "-b", "8", "--img-size", "64",
+                 "--output", str(cls)]) == 0
+    classifier = torch.load(cls / "last.pth", weights_only=False)["model"]
+    out = tmp_path / "seg"
+    assert main(_seg_args(shapes, out, "--backbone-checkpoint", str(cls / "last.pth"), "--iters", "1")) == 0
+    seg = torch.load(out / "last.pth", weights_only=True)
+    assert json.loads((out / "config.json").read_text())["backbone_checkpoint"] == str(cls / "last.pth")
+    stem = "fpn.backbone.body.model.patch_embed.0.c.weight"
+    assert stem in seg["model"] and "patch_embed.0.c.weight" in classifier
+    # one AdamW step moves each weight by at most about lr: still close to the pre-trained value
+    drift = (seg["model"][stem] - classifier["patch_embed.0.c.weight"]).abs().max().item()
+    assert drift < 0.05, drift
+    assert main(["dense", "make-shape-crops", str(tmp_path / "bad"), "--size", "4"]) == 2
+    assert "size" in capsys.readouterr().err

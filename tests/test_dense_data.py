@@ -20,8 +20,8 @@ from lsnet.data import DataError  # noqa: E402
 from lsnet.dense.datasets import (ADE20KSegmentation, CocoDetection, DenseDataError, DetectionTransform,  # noqa: E402
                                   SegmentationTransform, collate_detection, shapes_ade, shapes_coco)
 from lsnet.dense.metrics import SegmentationMetric, coco_evaluate  # noqa: E402
-from lsnet.dense.shapes import (ADE_CLASSES, IGNORE_LABEL, SHAPE_CLASSES, make_shapes,  # noqa: E402
-                                render_scene)
+from lsnet.dense.shapes import (ADE_CLASSES, IGNORE_LABEL, SHAPE_CLASSES, _background,  # noqa: E402
+                                make_shape_crops, make_shapes, render_scene, render_shape_crop)
 
 # pycocotools 2.0.x's mask decoding trips a numpy 2 DeprecationWarning inside its own Cython code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -66,6 +66,42 @@ def test_make_shapes_is_reproducible(shapes, tmp_path):
     assert c[ann] != a[ann]
     pngs = [k for k in a if k.startswith("coco/train/images/")]
     assert all(c[k] != a[k] for k in pngs), "a different seed must give different images"
+
+
+def test_shape_crops_are_an_image_folder_and_reproducible(tmp_path):
+    from lsnet.data.folder import scan_image_folder
+
+    summary = make_shape_crops(tmp_path / "a", num_train=40, num_val=30, size=32, workers=1, progress=False)
+    assert sum(summary["splits"]["train"].values()) == 40 and sum(summary["splits"]["val"].values()) == 30
+    class_names, samples = scan_image_folder(tmp_path / "a")  # the layout lsnet train reads
+    assert sorted(class_names) == sorted(SHAPE_CLASSES) and len(samples["train"]) == 40
+    for split, sub in (("train", 2), ("val", 3)):  # each file sits under the kind its stream draws
+        for path in sorted((tmp_path / "a" / split).rglob("*.png"))[:8]:
+            img, k = render_shape_crop(np.random.default_rng([0, sub, int(path.stem)]), 32)
+            assert path.parent.name == SHAPE_CLASSES[k]
+            assert np.array_equal(np.asarray(Image.open(path)), img)
+    make_shape_crops(tmp_path / "b", num_train=40, num_val=30, size=32, workers=2, progress=False)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b"), "a process pool must write the same bytes"
+    with pytest.raises(ValueError, match="size"):
+        make_shape_crops(tmp_path / "c", size=8)
+    with pytest.raises(ValueError, match="num_train and num_val"):
+        make_shape_crops(tmp_path / "c", num_val=0)
+
+
+def test_shape_crop_draws_one_centred_shape_over_the_background():
+    for i in range(20):
+        img, k = render_shape_crop(np.random.default_rng([5, i]), 64)
+        background = _background(np.random.default_rng([5, i]), 64, 64)  # the first draws of the same stream
+        changed = np.abs(img.astype(float) - np.clip(np.rint(background), 0, 255)).max(-1) > 0.5
+        ys, xs = np.nonzero(changed)
+        # the shape sits near the middle and covers a plausible share (radius 20-45 % of the side)
+        assert 0.3 * 64 < ys.mean() < 0.7 * 64 and 0.3 * 64 < xs.mean() < 0.7 * 64
+        frac = changed.mean()
+        assert 0.03 < frac < 0.65, (SHAPE_CLASSES[k], frac)
+        if SHAPE_CLASSES[k] == "star":  # a star fills much less of its box than a circle or square
+            assert changed.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)) < 0.6
+        if SHAPE_CLASSES[k] == "circle":
+            assert changed.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)) > 0.6
 
 
 def test_generated_set_is_recognised_by_its_parameters(shapes, tmp_path):

@@ -20,7 +20,7 @@ def _floats(text: str):
 
 def add_parsers(sub) -> None:
     """Register ``dense``, ``detect`` and ``segment``."""
-    dense = sub.add_parser("dense", help="dense-prediction utilities (make-shapes)")
+    dense = sub.add_parser("dense", help="dense-prediction utilities (make-shapes, make-shape-crops)")
     dsub = dense.add_subparsers(dest="dense_command", metavar="COMMAND", required=True)
     mk = dsub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO + ADE20K layouts)")
     mk.add_argument("root", help="folder to write")
@@ -29,6 +29,15 @@ def add_parsers(sub) -> None:
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
     mk.set_defaults(func=run_make_shapes)
+    mc = dsub.add_parser("make-shape-crops", help="generate single-shape images (ImageFolder) to pre-train a "
+                                                  "backbone with lsnet train")
+    mc.add_argument("root", help="folder to write (train/ and val/ with one folder per shape kind)")
+    mc.add_argument("--num-train", type=int, default=60000)
+    mc.add_argument("--num-val", type=int, default=2000)
+    mc.add_argument("--size", type=int, default=64, help="image side in pixels")
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
+    mc.set_defaults(func=run_make_shape_crops)
     for task, archs in (("detect", ["retinanet", "maskrcnn"]), ("segment", ["semantic_fpn"])):
         p = sub.add_parser(task, help=f"{'object detection / instance segmentation' if task == 'detect' else 'semantic segmentation'} "
                                       f"with an LSNet backbone")
@@ -110,6 +119,18 @@ def run_make_shapes(args: argparse.Namespace) -> int:
     for split, info in summary["splits"].items():
         print(f"{split}: {info['num_images']} images, {info['num_annotations']} objects")
     print(f"classes: {', '.join(summary['class_names'])}; written to {args.root}")
+    return 0
+
+
+def run_make_shape_crops(args: argparse.Namespace) -> int:
+    """Write the single-shape classification set."""
+    from ..dense.shapes import make_shape_crops
+
+    summary = make_shape_crops(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+                               size=args.size, workers=args.workers)
+    for split, counts in summary["splits"].items():
+        print(f"{split}: {sum(counts.values())} images (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
+    print(f"written to {args.root}; pre-train with: lsnet train --data {args.root} ...")
     return 0
 
 
