@@ -144,6 +144,17 @@ def test_presets_per_model_and_fractional_lr_steps():
     assert [_lr_factor(paper, it, 1200, 100) for it in (799, 800, 1099, 1100)] == pytest.approx([1, 0.1, 0.1, 0.01])
 
 
+def test_small_segmentation_preset_fine_tunes_a_pretrained_backbone_gently():
+    from lsnet.dense.engine import resolve_dense_config
+
+    assert resolve_dense_config("segment", {}).lr == 4e-3  # from scratch
+    assert (resolve_dense_config("segment", {"backbone_checkpoint": "b.pth"}).lr,
+            resolve_dense_config("segment", {"backbone_checkpoint": "b.pth"}).iters) == (1e-3, 1200)
+    assert resolve_dense_config("segment", {"backbone_checkpoint": "b.pth", "lr": 2e-3}).lr == 2e-3  # flag wins
+    assert resolve_dense_config("segment", {"backbone_checkpoint": "b.pth", "preset": "40k"}).lr == 2e-4  # paper's
+    assert resolve_dense_config("detect", {"backbone_checkpoint": "b.pth"}).lr == 1e-3
+
+
 @pytest.mark.parametrize("flag,value,message", [("--lr-steps", "3,-1", "--lr-steps must be epochs >= 0"),
                                                 ("--eval-every", "0", "--eval-every must be at least 1"),
                                                 ("--roi-batch-size", "0", "--roi-batch-size must be at least 1")])

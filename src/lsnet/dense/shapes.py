@@ -44,6 +44,9 @@ Layout written under ``root``::
     ade/annotations/training/shapes_train_00000001.png ...
     ade/images/validation/...               ade/annotations/validation/...
     ade/classes.json
+
+:func:`make_shape_crops` writes single-shape images for classification pre-training
+(``train/<kind>/0000000.png ...``, ``val/<kind>/...``), readable by ``lsnet train``.
 """
 
 from __future__ import annotations
