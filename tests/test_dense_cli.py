@@ -202,3 +202,9 @@ def test_pretrain_on_shape_crops_then_segment_from_that_backbone(shapes, tmp_pat
     assert drift < 0.05, drift
     assert main(["dense", "make-shape-crops", str(tmp_path / "bad"), "--size", "4"]) == 2
     assert "size" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for command in ("make-shape-crops", "make-shapes"):
+        assert main(["dense", command, str(a_file)]) == 2
+        err = capsys.readouterr().err
+        assert "a_file is a file" in err and "Traceback" not in err

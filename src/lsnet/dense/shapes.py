@@ -328,7 +328,7 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
     (hmin, hmax), (wmin, wmax) = size_range
     if min(hmin, wmin) < 16 or hmin > hmax or wmin > wmax:
         raise ValueError(f"size_range must be ((min_h, max_h), (min_w, max_w)) with sides >= 16, got {size_range}")
-    root = Path(root)
+    root = _output_root(root)
     coco_ann_dir = root / "coco" / "annotations"
     coco_ann_dir.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
@@ -422,7 +422,7 @@ def make_shape_crops(root, *, num_train: int = 60000, num_val: int = 2000, seed:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     if min(num_train, num_val) < 1:
         raise ValueError(f"num_train and num_val must be at least 1, got {num_train} and {num_val}")
-    root = Path(root)
+    root = _output_root(root)
     summary: dict = {"root": str(root), "size": size, "splits": {}}
     for split, split_index, n in (("train", 2, num_train), ("val", 3, num_val)):
         for kind in SHAPE_CLASSES:
@@ -496,6 +496,14 @@ def _pool(workers: int, n_images: int):
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers) as pool:
         yield pool
+
+
+def _output_root(root) -> Path:
+    """``root`` as a Path, with a clear error when it exists but is not a folder."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a folder: choose a folder to write the dataset into")
+    return root
 
 
 def _write_text(path: Path, text: str) -> None:
