@@ -215,6 +215,16 @@ def _shape_fill(rng: np.random.Generator, mask_box: tuple[int, int, int, int]) -
     return fill + rng.normal(0, 4, size=fill.shape)
 
 
+def _paint(img: np.ndarray, rng: np.random.Generator, mask: np.ndarray) -> None:
+    """Fill the pixels of ``mask`` in ``img`` with a shaded palette colour (in place)."""
+    ys, xs = np.nonzero(mask)
+    # Draw the fill even when the mask is empty so the random stream does not depend on it.
+    box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if len(ys) else (0, 1, 0, 1)
+    fill = _shape_fill(rng, box)
+    if len(ys):
+        img[ys, xs] = fill[ys - box[0], xs - box[2]]
+
+
 # --------------------------------------------------------------------------- scenes
 
 
@@ -255,15 +265,10 @@ def render_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 4)
         theta = float(rng.uniform(0, 2 * np.pi))
         aspect = float(rng.uniform(0.45, 0.7))  # ellipses stay clearly non-circular
         mask = _shape_mask(SHAPE_CLASSES[k], h, w, cx, cy, r, theta, aspect)
-        ys, xs = np.nonzero(mask)
-        # Draw the fill even when the mask is empty so the random stream does not depend on it.
-        box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if len(ys) else (0, 1, 0, 1)
-        fill = _shape_fill(rng, box)
-        if len(ys):
-            img[ys, xs] = fill[ys - box[0], xs - box[2]]
-            owner[mask] = i
+        _paint(img, rng, mask)
+        owner[mask] = i
         kinds.append(k)
-        full_area.append(int(len(ys)))
+        full_area.append(int(mask.sum()))
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     label = np.full((h, w), BACKGROUND_LABEL, dtype=np.uint8)
@@ -400,11 +405,7 @@ def render_shape_crop(rng: np.random.Generator, size: int = 64, kind: Optional[i
     cy = float(rng.uniform(0.35, 0.65) * size)
     theta = float(rng.uniform(0, 2 * np.pi))
     aspect = float(rng.uniform(0.45, 0.7))
-    mask = _shape_mask(SHAPE_CLASSES[k], size, size, cx, cy, r, theta, aspect)
-    ys, xs = np.nonzero(mask)  # never empty: the centre lies inside every kind
-    box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-    fill = _shape_fill(rng, box)
-    img[ys, xs] = fill[ys - box[0], xs - box[2]]
+    _paint(img, rng, _shape_mask(SHAPE_CLASSES[k], size, size, cx, cy, r, theta, aspect))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), k
 
 
