@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--backbone-checkpoint", help="classification weights for every backbone (default: from "
                                                       "scratch); made beforehand, so not part of the timed runs")
     args = parser.parse_args()
+    if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
+        parser.error(f"--backbone-checkpoint: no such file: {args.backbone_checkpoint}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if not (Path("data/shapes") / "shapes.json").exists():  # generated outside the timed runs
@@ -42,8 +44,6 @@ def main() -> int:
     for name in args.only.split(","):
         cmd, key, minutes = RUNS[name]
         if args.backbone_checkpoint:
-            if not Path(args.backbone_checkpoint).is_file():
-                parser.error(f"--backbone-checkpoint: no such file: {args.backbone_checkpoint}")
             cmd = cmd + ["--backbone-checkpoint", args.backbone_checkpoint]
         run_dir = out / name
         full = [sys.executable, "-m", "lsnet", *cmd, "--output", str(run_dir)]

@@ -57,7 +57,6 @@ import multiprocessing
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -391,15 +390,15 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
     return summary
 
 
-def render_shape_crop(rng: np.random.Generator, size: int = 64, kind: Optional[int] = None) -> tuple[np.ndarray, int]:
+def render_shape_crop(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, int]:
     """One ``(size, size, 3)`` uint8 image of a single shape near the centre on a textured
-    background, and its class index into :data:`SHAPE_CLASSES` (``kind``, or drawn at random).
+    background, and its class index into :data:`SHAPE_CLASSES`.
 
     Kinds, colours, shading, rotation and backgrounds come from the same distributions as
     :func:`render_scene`; the radius is 20-45 % of the side, the centre within 15 % of the middle.
     """
     img = _background(rng, size, size)
-    k = int(rng.integers(len(SHAPE_CLASSES))) if kind is None else int(kind)
+    k = int(rng.integers(len(SHAPE_CLASSES)))
     r = float(rng.uniform(0.2, 0.45) * size)
     cx = float(rng.uniform(0.35, 0.65) * size)
     cy = float(rng.uniform(0.35, 0.65) * size)
