@@ -202,6 +202,10 @@ def test_pretrain_on_shape_crops_then_segment_from_that_backbone(shapes, tmp_pat
     assert drift < 0.05, drift
     assert main(["dense", "make-shape-crops", str(tmp_path / "bad"), "--size", "4"]) == 2
     assert "size" in capsys.readouterr().err
+    # a missing backbone file stops before the shapes set would be generated
+    assert main(["segment", "train", "--shapes-dir", str(tmp_path / "never"), "--backbone-checkpoint",
+                 str(tmp_path / "missing.pth"), "--output", str(tmp_path / "o")]) == 2
+    assert "missing.pth" in capsys.readouterr().err and not (tmp_path / "never").exists()
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     for command in ("make-shape-crops", "make-shapes"):

@@ -360,6 +360,8 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         ck = read_dense_checkpoint(cfg.resume) if cfg.resume else None  # a wrong file stops before any data work
+        if cfg.backbone_checkpoint and not Path(cfg.backbone_checkpoint).is_file():
+            raise FileNotFoundError(f"--backbone-checkpoint file not found: {cfg.backbone_checkpoint}")
         train_set, val_set, class_names = build_dense_data(cfg, info)
         model = build_dense_model(cfg, len(class_names)).to(device)
         if cfg.channels_last:
