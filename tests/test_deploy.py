@@ -112,6 +112,31 @@ def test_bench_cli_runs_and_numbers_are_well_formed(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_frozen_compile_matches_eager_and_refuses_gradients():
+    from lsnet.deploy import compile_for_inference
+
+    torch.manual_seed(0)
+    model = lsnet.fuse(LSNet(embed_dim=(16, 32, 48, 64), depth=(0, 1, 2, 2), num_heads=(2, 2, 2, 2),
+                             key_dim=(8, 8, 8, 8), img_size=64, num_classes=5).eval())
+    frozen = compile_for_inference(model)
+    x = torch.randn(2, 3, 64, 80)
+    with torch.inference_mode():
+        assert rel_err(frozen(x), model(x)) < 1e-5
+    with pytest.raises(RuntimeError, match="without gradients"):
+        frozen(x)
+
+
+def test_bench_times_eager_and_frozen_side_by_side(tmp_path, capsys):
+    prefix = tmp_path / "bench"
+    assert main(["bench", "--models", "lsnet_t", "--batch-sizes", "2", "--img-size", "64", "--rounds", "2",
+                 "--warmup", "1", "--fuse", "--compile", "eager,frozen", "--output", str(prefix)]) == 0
+    runtimes = [r["runtime"] for r in json.loads(prefix.with_suffix(".json").read_text())["results"]]
+    assert runtimes == ["pytorch", "pytorch-frozen"]
+    with pytest.raises(SystemExit):
+        main(["bench", "--compile", "eager,fast"])
+    assert "argument --compile: expected a comma-separated list of eager, compiled, frozen" in capsys.readouterr().err
+
+
 def test_bench_rejects_unknown_model(capsys):
     assert main(["bench", "--models", "lsnet_q"]) == 2
     assert "unknown timm model(s): lsnet_q" in capsys.readouterr().err

@@ -146,3 +146,47 @@ def test_import_needs_neither_triton_nor_cuda():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (2, 32, 24, 20)])  # unfold form / shift form
+def test_compile_custom_op_registration(shape):
+    """The operator torch.compile sees on the CPU: schema, fake (meta) and autograd registrations."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(shape[0], shape[1] // 4, 9, *shape[2:], dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.lsnet.ska_cpu, (x, w))
+    gy = torch.randn(shape, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.lsnet.ska_cpu_backward, (gy, x.detach(), w.detach()))
+    gx, gw = torch.ops.lsnet.ska_cpu_backward(gy, x.detach(), w.detach())
+    ref = ska_reference(x, w)
+    assert rel_err(torch.ops.lsnet.ska_cpu(x, w), ref) < 1e-12
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x, w), gy)
+    assert rel_err(gx, ref_gx) < 1e-12 and rel_err(gw, ref_gw) < 1e-12
+
+
+def test_compiled_ska_calls_the_eager_kernels_and_matches_reference():
+    x = torch.randn(2, 32, 24, 20, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 8, 9, 24, 20, dtype=torch.float64, requires_grad=True)
+    calls = []
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: ska(a, b).square().sum(), backend=lambda gm, _: calls.append(gm) or gm)
+    loss = compiled(x, w)
+    graph = str(calls[0].graph)
+    assert "lsnet.ska_cpu" in graph and "unfold" not in graph  # one opaque op, not the traced loop
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    ref_loss = ska_reference(x, w).square().sum()
+    ref_gx, ref_gw = torch.autograd.grad(ref_loss, (x, w))
+    assert abs(loss.item() - ref_loss.item()) < 1e-9 * abs(ref_loss.item())
+    assert rel_err(gx, ref_gx) < 1e-12 and rel_err(gw, ref_gw) < 1e-12
+
+
+def test_export_traces_standard_ops_only():
+    class Block(torch.nn.Module):
+        def forward(self, a, b):
+            return ska(a, b)
+
+    x, w = torch.randn(1, 16, 8, 8), torch.randn(1, 4, 9, 8, 8)
+    program = torch.export.export(Block(), (x, w))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("lsnet" in t for t in targets), targets  # portable: loads without lsnet
+    assert rel_err(program.module()(x, w), ska_reference(x, w)) < 1e-6

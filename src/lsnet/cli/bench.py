@@ -7,7 +7,7 @@ from pathlib import Path
 
 import timm
 
-from ..deploy.bench import BenchConfig, format_markdown, plot_results, run_benchmark, write_json
+from ..deploy.bench import RUNTIMES, BenchConfig, format_markdown, plot_results, run_benchmark, write_json
 
 
 def _ints(text: str):
@@ -18,6 +18,14 @@ def _ints(text: str):
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _modes(text: str):
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in RUNTIMES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(RUNTIMES)}, got {text!r}")
+    return modes
 
 
 def add_parser(sub) -> None:
@@ -32,7 +40,10 @@ def add_parser(sub) -> None:
                    help="float32, or autocast to bfloat16/float16")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm and re-parameterise (lsnet.fuse)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--compile", nargs="?", const="compiled", type=_modes, default=["eager"], metavar="MODES",
+                   help="torch.compile each model. Optionally a comma-separated list of PyTorch runtimes to time "
+                        "side by side among eager, compiled and frozen (compiled with inductor freezing: weights "
+                        "as constants, pre-packed convolutions, the deployment setting), e.g. --compile eager,frozen")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--onnx", action="store_true", help="also time the fused model in onnxruntime (CPU)")
     p.add_argument("--rounds", type=int, default=10, help="timed rounds per configuration (default 10)")
@@ -52,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise ValueError("--rounds must be at least 1")
     cfg = BenchConfig(models=models, batch_sizes=args.batch_sizes, device=args.device, dtype=args.dtype,
-                      fuse=args.fuse, compile=args.compile, channels_last=args.channels_last, onnx=args.onnx,
+                      fuse=args.fuse, modes=args.compile, channels_last=args.channels_last, onnx=args.onnx,
                       img_size=args.img_size, warmup=args.warmup, rounds=args.rounds, threads=args.threads)
     results = run_benchmark(cfg)
-    flags = [f for f, on in (("fused", args.fuse), ("compiled", args.compile),
+    flags = [f for f, on in (("fused", args.fuse), ("/".join(args.compile), args.compile != ["eager"]),
                              ("channels-last", args.channels_last)) if on]
     print(f"{args.device}, {args.dtype}, {args.img_size}x{args.img_size}" + (", " + ", ".join(flags) if flags else ""))
     print(format_markdown(results))
