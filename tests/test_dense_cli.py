@@ -144,7 +144,7 @@ def test_presets_per_model_and_fractional_lr_steps():
     assert [_lr_factor(paper, it, 1200, 100) for it in (799, 800, 1099, 1100)] == pytest.approx([1, 0.1, 0.1, 0.01])
 
 
-def test_small_segmentation_preset_fine_tunes_a_pretrained_backbone_gently():
+def test_small_presets_fine_tune_a_pretrained_backbone():
     from lsnet.dense.engine import resolve_dense_config
 
     assert resolve_dense_config("segment", {}).lr == 4e-3  # from scratch
@@ -152,7 +152,11 @@ def test_small_segmentation_preset_fine_tunes_a_pretrained_backbone_gently():
             resolve_dense_config("segment", {"backbone_checkpoint": "b.pth"}).iters) == (1e-3, 1200)
     assert resolve_dense_config("segment", {"backbone_checkpoint": "b.pth", "lr": 2e-3}).lr == 2e-3  # flag wins
     assert resolve_dense_config("segment", {"backbone_checkpoint": "b.pth", "preset": "40k"}).lr == 2e-4  # paper's
-    assert resolve_dense_config("detect", {"backbone_checkpoint": "b.pth"}).lr == 1e-3
+    retina = resolve_dense_config("detect", {"backbone_checkpoint": "b.pth"})
+    assert (retina.lr, retina.epochs, retina.lr_steps) == (1e-3, 3, (2.5,))  # a shorter schedule
+    assert resolve_dense_config("detect", {"arch": "retinanet"}).epochs == 4  # from scratch
+    mask = resolve_dense_config("detect", {"arch": "maskrcnn", "backbone_checkpoint": "b.pth"})
+    assert (mask.epochs, mask.lr_steps) == (3, (2.75,))  # unchanged
 
 
 @pytest.mark.parametrize("flag,value,message", [("--lr-steps", "3,-1", "--lr-steps must be epochs >= 0"),
