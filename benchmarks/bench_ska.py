@@ -1,10 +1,15 @@
 """SKA on the CPU: the default path against the unfold-based reference, interleaved runs.
 
-    python benchmarks/bench_ska.py [--batch 1 16] [--repeats 15] [--threads N]
+    python benchmarks/bench_ska.py [--batch 1 16] [--repeats 15] [--threads N] [--compile]
 
 Shapes are those of LSNet-T's LS convolutions at 224x224 (stage 2: 128 channels at 14x14,
 stage 3: 256 channels at 7x7, Cw = C/8, K = 3). Prints medians (min-max) in ms and the
 ratio reference / default (above 1: the default is faster).
+
+``--compile`` instead compares, for the forward pass, the eager default with two compiled
+forms: ``torch.compile(ska_functional)`` (inductor generates its own loop from the traced
+standard ops) and ``torch.compile(ska)`` (what models get: one opaque operator running the
+eager kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 
 import torch
 
-from lsnet.ops import ska, ska_reference
+from lsnet.ops import ska, ska_functional, ska_reference
 
 SHAPES = {"stage2 128x14x14": (128, 14, 14), "stage3 256x7x7": (256, 7, 7)}
 
@@ -32,9 +37,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="compare compiled forms (forward) instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        compare_compiled(args)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     print("| batch | shape | pass | reference ms | default ms | reference / default |")
     print("|---:|---|---|---:|---:|---:|")
@@ -59,6 +68,29 @@ def main() -> None:
             cell = lambda n: f"{med[n]:.2f} ({min(times[n]):.2f}-{max(times[n]):.2f})"
             print(f"| {batch} | {label} | {mode} | {cell('reference')} | {cell('default')} | "
                   f"{med['reference'] / med['default']:.2f}x |")
+
+
+def compare_compiled(args) -> None:
+    """Forward times: eager default vs inductor's loop vs the compiled opaque operator."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, forward, no grad")
+    print("| batch | shape | eager default ms | compiled ska_functional ms | compiled ska ms |")
+    print("|---:|---|---:|---:|---:|")
+    for batch, (label, (c, h, w)) in itertools.product(args.batch, SHAPES.items()):
+        x = torch.randn(batch, c, h, w)
+        k = torch.randn(batch, c // 8, 9, h, w)
+        torch._dynamo.reset()
+        fns = {"eager": ska, "functional": torch.compile(ska_functional, dynamic=False),
+               "ska": torch.compile(ska, dynamic=False)}
+        times = {n: [] for n in fns}
+        with torch.no_grad():
+            for fn in fns.values():  # warm-up and compilation
+                for _ in range(3):
+                    fn(x, k)
+            for _ in range(args.repeats):
+                for n, fn in fns.items():
+                    times[n].append(timed(lambda: fn(x, k)))
+        cell = lambda n: f"{statistics.median(times[n]):.2f} ({min(times[n]):.2f}-{max(times[n]):.2f})"
+        print(f"| {batch} | {label} | {cell('eager')} | {cell('functional')} | {cell('ska')} |")
 
 
 if __name__ == "__main__":
