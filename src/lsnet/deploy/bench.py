@@ -24,8 +24,8 @@ import torch.nn as nn
 from ..models import fuse as fuse_model
 from .profile import count_macs
 
-__all__ = ["compile_for_inference", "RUNTIMES", "BenchConfig", "BenchResult", "run_benchmark", "format_markdown", "plot_results", "PAPER_TABLE1",
-           "peak_memory_mb"]
+__all__ = ["compile_for_inference", "RUNTIMES", "BenchConfig", "BenchResult", "run_benchmark", "format_markdown",
+           "plot_results", "PAPER_TABLE1", "peak_memory_mb"]
 
 # Facts from the LSNet paper's Table 1 (ImageNet-1K top-1 %, and RTX 3090 throughput in img/s),
 # keyed by timm model name. Distilled results carry the teacher's help (marked * in the paper).

@@ -14,7 +14,9 @@ Two CPU implementations live here:
 * :func:`ska_shift` - a shifted multiply-accumulate over the K*K taps, on a flattened padded
   grid where every tap is one contiguous slice, with a hand-written backward of the same
   form. It never builds the unfolded tensor, so it needs far less memory and is faster; it
-  is the default on CPU.
+  is the default on CPU. Under ``torch.compile`` it is wrapped as one custom operator
+  (``torch.ops.lsnet.ska_cpu``, with its backward), so inductor calls it instead of
+  generating a slower loop of its own.
 """
 
 from __future__ import annotations
@@ -208,8 +210,9 @@ def _ska_cpu(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # Under torch.compile on the CPU, SKA is one opaque operator that runs the eager kernels above:
-# inductor's own loop for the traced ska_functional was 2.4-4.7x slower than them (measured at
-# batch 16 on LSNet-T's shapes). Export and ONNX still trace ska_functional (standard ops only).
+# inductor's own loop for the traced ska_functional is 2.7-3.8x slower than them at batch 16 on
+# LSNet-T's shapes (benchmarks/bench_ska.py --compile). Export and ONNX still trace
+# ska_functional (standard ops only), and so does inductor on GPUs.
 @torch.library.custom_op("lsnet::ska_cpu", mutates_args=(), device_types="cpu")
 def _ska_cpu_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     k = math.isqrt(w.shape[2])
@@ -286,7 +289,8 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """
     k = check_ska_shapes(x, w)
     if _tracing():
-        if x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch < 2.6 lacks it
+        if x.device.type == "cpu" and torch.compiler.is_compiling() and not exporting:
             return torch.ops.lsnet.ska_cpu(x, w)
         return ska_functional(x, w)  # export, ONNX, and inductor on GPUs see plain ops
     fn = _BACKENDS.get(x.device.type)
