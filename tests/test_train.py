@@ -282,3 +282,23 @@ def test_bfloat16_autocast_training(tmp_path):
     assert ck["config"]["amp"] == "bfloat16" and res["best_top1"] >= 0
     assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # weights stay float32
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """`--compile`: the same epoch as eager (up to float32 rounding), and a checkpoint without
+    torch.compile's `_orig_mod.` prefix that loads into a plain model."""
+    # no warm-up and a real rate, so that the epoch learns and wrong gradients would show
+    run = dict(epochs=1, warmup_epochs=0, lr=2e-2, deterministic=True)
+    eager = train(fast_cfg(tmp_path / "e", **run))
+    compiled = train(fast_cfg(tmp_path / "c", compile=True, **run))
+    log = lambda d: json.loads((d / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    e, c = log(tmp_path / "e"), log(tmp_path / "c")
+    assert e["val_loss"] < 2.15  # it learned (chance: ln 10 = 2.30)
+    # float32 rounding differs (fused kernels; SKA's hand-written backward at every size) and
+    # grows over the epoch at this rate: 0.3% apart in train loss when measured. Gradients
+    # themselves are compared in float64 in test_deploy.py.
+    assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-2)
+    assert c["val_loss"] == pytest.approx(e["val_loss"], rel=3e-2)
+    assert compiled["best_top1"] > 30 and eager["best_top1"] > 30  # top-1 itself swings by several points
+    ck = torch.load(tmp_path / "c" / "run" / "last.pth", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in ck["model"])
