@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     current = peak = 0
@@ -143,6 +144,21 @@ class _Frozen(nn.Module):
 
         with inductor_config.patch(freezing=True):
             return self.compiled(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Mute file descriptor 2: PyTorch's CUDA build, profiling on a machine without a GPU,
+    prints profiler start/stop lines and a 'gpuGetDeviceCount failed' error from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _log(msg: str) -> None:
