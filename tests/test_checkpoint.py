@@ -147,6 +147,9 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
         load_checkpoint(timm.create_model("lsnet_t"), tmp_path / "junk.pth")
+    (tmp_path / "text.pth").write_text("junk\n")  # read as a legacy pickle, it fails with a KeyError
+    with pytest.raises(CheckpointError, match="text.pth is not a readable PyTorch checkpoint"):
+        load_checkpoint(timm.create_model("lsnet_t"), tmp_path / "text.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         load_checkpoint(timm.create_model("lsnet_t"), tmp_path / "junk.safetensors")
