@@ -2,6 +2,11 @@
 memory layout, measured side by side (interleaved rounds, medians).
 
     python benchmarks/dense_step.py [--models semantic_fpn,retinanet,maskrcnn] [--rounds 5]
+    python benchmarks/dense_step.py --models semantic_fpn --against frozen_stages=0 \
+        --against frozen_stages=0,norm_eval=true
+
+With ``--against``, each model's preset (in channels-last layout) is timed side by side with
+the same preset changed by the given DenseConfig fields, one column per ``--against``.
 
 One step = forward, loss, backward and AdamW update on one batch of the shapes set with the
 preset's batch size and image size (data loading excluded). Prints a markdown table.
@@ -10,6 +15,7 @@ preset's batch size and image size (data loading excluded). Prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
@@ -17,7 +23,7 @@ import time
 import torch
 
 from lsnet.dense.datasets import collate_detection
-from lsnet.dense.engine import build_dense_data, build_dense_model, resolve_dense_config, segmentation_loss
+from lsnet.dense.engine import DenseConfig, build_dense_data, build_dense_model, resolve_dense_config, segmentation_loss
 
 TASKS = {"semantic_fpn": "segment", "retinanet": "detect", "maskrcnn": "detect"}
 
@@ -54,13 +60,58 @@ def make_step(name: str, channels_last: bool, overrides=None):
     return step, cfg
 
 
+def parse_overrides(text: str) -> dict:
+    """'frozen_stages=0,norm_eval=true' -> {'frozen_stages': 0, 'norm_eval': True}."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        low = value.lower()
+        out[key.strip().replace("-", "_")] = (True if low == "true" else False if low == "false"
+                                              else int(value) if value.lstrip("-").isdigit() else float(value))
+    return out
+
+
+def compare_overrides(names, variants, rounds: int) -> None:
+    """Print one row per model: preset step time and, per variant, its time and speed-up."""
+    labels = ["preset"] + [",".join(f"{k}={v}" for k, v in ov.items()) for ov in variants]
+    print("| model | batch | " + " | ".join(f"{lab} s/step" for lab in labels) + " | speed-ups |")
+    print("|---|---:|" + "---:|" * (len(labels) + 1))
+    for name in names:
+        runs = []
+        for ov in [{}] + variants:
+            step, cfg = make_step(name, True, ov)
+            step()
+            runs.append((step, []))
+        for r in range(rounds):
+            print(f"  {name}: round {r + 1}/{rounds}", end="\r", flush=True)
+            for step, times in runs:
+                torch.manual_seed(r)
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+        med = [statistics.median(t) for _, t in runs]
+        ups = ", ".join(f"{med[0] / m:.2f}x" for m in med[1:])
+        print(f"| {name} | {cfg.batch_size} | " + " | ".join(f"{m:.3f}" for m in med) + f" | {ups} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="semantic_fpn,retinanet,maskrcnn")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds per layout")
+    parser.add_argument("--against", action="append", type=parse_overrides, default=[],
+                        metavar="KEY=VALUE[,...]", help="DenseConfig fields to change (repeatable)")
     args = parser.parse_args()
+    known = {f.name for f in dataclasses.fields(DenseConfig)}
+    for ov in args.against:
+        if set(ov) - known:
+            parser.error(f"--against: unknown DenseConfig field(s) {', '.join(sorted(set(ov) - known))}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
+    if args.against:
+        compare_overrides(args.models.split(","), args.against, args.rounds)
+        return 0
     print("| model | batch | NCHW s/step | channels-last s/step | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
