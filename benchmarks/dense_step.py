@@ -67,10 +67,35 @@ def parse_overrides(text: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
-        low = value.lower()
-        out[key.strip().replace("-", "_")] = (True if low == "true" else False if low == "false"
-                                              else int(value) if value.lstrip("-").isdigit() else float(value))
+        out[key.strip().replace("-", "_")] = _literal(value)
     return out
+
+
+def _literal(value: str):
+    """true/false, an int, a float, else the string itself."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def time_interleaved(name: str, steps, rounds: int):
+    """Median seconds per step of each closure in ``steps``, timed round by round in turn."""
+    times = [[] for _ in steps]
+    for step in steps:
+        step()  # warm-up: first-call allocations and oneDNN primitive creation
+    for r in range(rounds):
+        print(f"  {name}: round {r + 1}/{rounds}", end="\r", flush=True)
+        for step, ts in zip(steps, times):
+            torch.manual_seed(r)  # detection draws a training scale per step: the same for every variant
+            start = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 def compare_overrides(names, variants, rounds: int) -> None:
@@ -79,19 +104,9 @@ def compare_overrides(names, variants, rounds: int) -> None:
     print("| model | batch | " + " | ".join(f"{lab} s/step" for lab in labels) + " | speed-ups |")
     print("|---|---:|" + "---:|" * (len(labels) + 1))
     for name in names:
-        runs = []
-        for ov in [{}] + variants:
-            step, cfg = make_step(name, True, ov)
-            step()
-            runs.append((step, []))
-        for r in range(rounds):
-            print(f"  {name}: round {r + 1}/{rounds}", end="\r", flush=True)
-            for step, times in runs:
-                torch.manual_seed(r)
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-        med = [statistics.median(t) for _, t in runs]
+        made = [make_step(name, True, ov) for ov in [{}] + variants]
+        med = time_interleaved(name, [step for step, _ in made], rounds)
+        cfg = made[0][1]
         ups = ", ".join(f"{med[0] / m:.2f}x" for m in med[1:])
         print(f"| {name} | {cfg.batch_size} | " + " | ".join(f"{m:.3f}" for m in med) + f" | {ups} |")
 
@@ -115,19 +130,9 @@ def main() -> int:
     print("| model | batch | NCHW s/step | channels-last s/step | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
-        runs = {}
-        for cl in (False, True):
-            step, cfg = make_step(name, cl)
-            step()  # warm-up: first-call allocations and oneDNN primitive creation
-            runs[cl] = (step, [])
-        for r in range(args.rounds):
-            print(f"  {name}: round {r + 1}/{args.rounds}", end="\r", flush=True)
-            for cl, (step, times) in runs.items():
-                torch.manual_seed(r)  # detection draws a training scale per step: the same for both layouts
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-        nchw, nhwc = (statistics.median(runs[cl][1]) for cl in (False, True))
+        made = [make_step(name, cl) for cl in (False, True)]
+        nchw, nhwc = time_interleaved(name, [step for step, _ in made], args.rounds)
+        cfg = made[0][1]
         print(f"| {name} | {cfg.batch_size} | {nchw:.3f} | {nhwc:.3f} | {nchw / nhwc:.2f}x |")
     return 0
 
