@@ -11,7 +11,7 @@ __all__ = ["compile_for_inference"]
 def compile_for_inference(model: nn.Module, freeze: bool = True) -> nn.Module:
     """``torch.compile`` for inference with one static graph per input shape. ``freeze`` turns
     on inductor freezing: weights are folded in as constants and, on the CPU, convolutions
-    run on pre-packed oneDNN weights, which removes most of their per-call overhead. A
+    run on pre-packed oneDNN weights, which spares the weight reordering of every call. A
     frozen model must only be called without gradients, and later weight changes are not seen."""
     compiled = torch.compile(model, dynamic=False)
     return _Frozen(compiled) if freeze else compiled
