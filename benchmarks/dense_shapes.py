@@ -2,7 +2,7 @@
 per model, the best validation metric, when it was reached and the wall time.
 
     python benchmarks/dense_shapes.py [--only retinanet,maskrcnn,semantic_fpn] [--output output/bench-dense]
-                                      [--backbone-checkpoint runs/shapes-backbone/best.pth]
+                                      [--backbone-checkpoint weights/lsnet_t_shapes.safetensors]
 
 Each run is the README's command (``lsnet detect|segment train``) in a subprocess, timed from
 start to exit (model building and evaluations included; generating the shapes set is not,
@@ -43,8 +43,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
     parser.add_argument("--output", default="output/bench-dense")
-    parser.add_argument("--backbone-checkpoint", help="classification weights for every backbone (default: from "
-                                                      "scratch); made beforehand, so not part of the timed runs")
+    parser.add_argument("--backbone-checkpoint", help="classification weights for every backbone, e.g. the "
+                        "repository's weights/lsnet_t_shapes.safetensors (default: from scratch)")
     args = parser.parse_args()
     if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
         parser.error(f"--backbone-checkpoint: no such file: {args.backbone_checkpoint}")

@@ -170,3 +170,69 @@ def test_pretrained_offline_names_the_file(tmp_path):
     assert "lsnet_s_distill.pth" in out.stdout
     assert "pretrained_cfg_overlay=dict(file=" in out.stdout
     assert "lsnet.load_checkpoint" in out.stdout
+
+
+def _trained_like_tiny(seed=0):
+    """A tiny LSNet with non-trivial BatchNorm statistics, one running mean below float16's range."""
+    torch.manual_seed(seed)
+    model = LSNet(embed_dim=(16, 32, 48, 64), depth=(0, 1, 2, 2), num_heads=(2, 2, 2, 2), key_dim=(8, 8, 8, 8),
+                  num_classes=5, img_size=64)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.fill_(3e-9)
+    return model.eval()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_convert_keeps_weights_and_metadata(tmp_path, half):
+    from lsnet.models.checkpoint import checkpoint_info, convert_checkpoint
+
+    model = _trained_like_tiny()
+    names = ["circle", "ellipse", "square", "star", "triangle"]
+    save_checkpoint(model, tmp_path / "train.pth", extra={
+        "arch": "lsnet_test", "class_names": names, "epoch": 3,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+        "config": {"img_size": 64, "crop_pct": 1.0, "seed": 3, "lr": 1e-3}})
+    out = tmp_path / "w.safetensors"
+    res = convert_checkpoint(tmp_path / "train.pth", out, half=half)
+    assert checkpoint_info(out) == {"arch": "lsnet_test", "class_names": names, "img_size": 64, "crop_pct": 1.0,
+                                    "seed": 3}
+    from safetensors.torch import load_file
+
+    stored, own = load_file(str(out)), model.state_dict()
+    assert set(stored) == set(own)
+    for k, v in own.items():
+        want = torch.float16 if half and v.is_floating_point() and v.dim() >= 2 else v.dtype
+        assert stored[k].dtype == want, k
+        if want == v.dtype:
+            assert torch.equal(stored[k], v), k  # kept exactly, the 3e-9 running mean included
+    assert res["float16_tensors"] == (sum(v.is_floating_point() and v.dim() >= 2 for v in own.values()) if half else 0)
+    again = _trained_like_tiny(seed=1)
+    load_checkpoint(again, out)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        err = rel_err(again(x), model(x))
+    assert (err < 5e-3) if half else (err == 0.0)
+    assert res["max_rel_rounding_error"] < (1e-3 if half else 1e-12)
+
+
+def test_convert_cli_and_its_errors(tmp_path, capsys):
+    from lsnet.cli.main import main
+
+    save_checkpoint(_trained_like_tiny(), tmp_path / "train.pth", extra={"arch": "lsnet_test"})
+    assert main(["convert", str(tmp_path / "train.pth"), str(tmp_path / "w.safetensors"), "--half"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {tmp_path / 'w.safetensors'} (") and "as float16" in out and "arch=lsnet_test" in out
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    for argv, message in [
+        ([str(tmp_path / "train.pth"), str(tmp_path / "w.pth")], "output must be a .safetensors file"),
+        ([str(tmp_path / "missing.pth"), str(tmp_path / "w.safetensors")], "missing.pth"),
+    ]:
+        assert main(["convert", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -24,18 +24,18 @@ def add_parsers(sub) -> None:
     dsub = dense.add_subparsers(dest="dense_command", metavar="COMMAND", required=True)
     mk = dsub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO + ADE20K layouts)")
     mk.add_argument("root", help="folder to write")
-    mk.add_argument("--num-train", type=int, default=2000)
-    mk.add_argument("--num-val", type=int, default=100)
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--num-train", type=int, default=2000, help="training scenes (default 2000)")
+    mk.add_argument("--num-val", type=int, default=100, help="validation scenes (default 100)")
+    mk.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
     mk.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
     mk.set_defaults(func=run_make_shapes)
     mc = dsub.add_parser("make-shape-crops", help="generate single-shape images (ImageFolder) to pre-train a "
                                                   "backbone with lsnet train")
     mc.add_argument("root", help="folder to write (train/ and val/ with one folder per shape kind)")
-    mc.add_argument("--num-train", type=int, default=60000)
-    mc.add_argument("--num-val", type=int, default=2000)
+    mc.add_argument("--num-train", type=int, default=60000, help="training images (default 60000)")
+    mc.add_argument("--num-val", type=int, default=2000, help="validation images (default 2000)")
     mc.add_argument("--size", type=int, default=64, help="image side in pixels")
-    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
     mc.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
     mc.set_defaults(func=run_make_shape_crops)
     for task, archs in (("detect", ["retinanet", "maskrcnn"]), ("segment", ["semantic_fpn"])):
@@ -45,25 +45,28 @@ def add_parsers(sub) -> None:
         tr = tsub.add_parser("train", help="train (presets: small for shapes, " +
                                            ("1x" if task == "detect" else "40k") + " as in the paper)")
         _common(tr, archs)
-        tr.add_argument("--preset", choices=["small", "1x" if task == "detect" else "40k"])
+        tr.add_argument("--preset", choices=["small", "1x" if task == "detect" else "40k"],
+                        help="schedule and sizes (default small; the options below override it)")
         tr.add_argument("--backbone-checkpoint",
-                        help="classification weights for the backbone (release's or lsnet train's, e.g. on "
-                             "`lsnet dense make-shape-crops` images); the small segmentation preset then "
-                             "fine-tunes at lr 1e-3 for 1200 iterations")
-        tr.add_argument("--output")
-        tr.add_argument("--epochs" if task == "detect" else "--iters", type=int)
-        tr.add_argument("--lr", type=float)
-        tr.add_argument("--weight-decay", type=float)
-        tr.add_argument("-b", "--batch-size", type=int)
-        tr.add_argument("--warmup-iters", type=int)
-        tr.add_argument("--frozen-stages", type=int)
+                        help="classification weights for the backbone: the release's, lsnet train's or "
+                             ".safetensors (for the shapes set the repository ships "
+                             "weights/lsnet_t_shapes.safetensors); the small preset then fine-tunes (Semantic FPN: "
+                             "lr 1e-3, 1200 iterations; RetinaNet: 3 epochs, lr drop at 2.5)")
+        tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves")
+        tr.add_argument("--epochs" if task == "detect" else "--iters", type=int, help="length of the schedule")
+        tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+        tr.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+        tr.add_argument("-b", "--batch-size", type=int, help="images per step and process")
+        tr.add_argument("--warmup-iters", type=int, help="iterations of linear lr warm-up")
+        tr.add_argument("--frozen-stages", type=int, metavar="N",
+                        help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                         help="keep BatchNorm statistics frozen (default on)")
         tr.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.pth")
         tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
                         help="end this invocation after that many epochs (the schedule still spans the whole run)")
-        tr.add_argument("-j", "--workers", type=int)
-        tr.add_argument("--seed", type=int)
+        tr.add_argument("-j", "--workers", type=int, help="data-loading processes")
+        tr.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
         tr.add_argument("--fpn-channels", type=int, help="width of the FPN neck and heads (the release: 256)")
         tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
         tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -71,7 +74,7 @@ def add_parsers(sub) -> None:
         if task == "detect":
             tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
             tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
-            tr.add_argument("--max-size", type=int)
+            tr.add_argument("--max-size", type=int, help="longer side limit (training and evaluation)")
             tr.add_argument("--lr-steps", type=_floats, metavar="EPOCHS",
                             help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
             tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
@@ -81,7 +84,7 @@ def add_parsers(sub) -> None:
             tr.add_argument("--box-loss", choices=["l1", "smooth_l1", "giou"],
                             help="RetinaNet: box regression loss (default l1, the release's)")
         else:
-            tr.add_argument("--crop-size", type=int)
+            tr.add_argument("--crop-size", type=int, help="side of the square training crops")
             tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")
             tr.add_argument("--scale-range", type=_floats, help="random rescale range before cropping, e.g. 0.5,2.0")
             tr.add_argument("--base-size", type=int,
@@ -91,26 +94,27 @@ def add_parsers(sub) -> None:
             tr.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="training loss (default ce)")
         tr.set_defaults(func=run_train, task=task)
         ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
-        ev.add_argument("--checkpoint", required=True)
+        ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of train")
         ev.add_argument("--data", default=None, help="default: the checkpoint's")
-        ev.add_argument("--json", metavar="FILE")
-        ev.add_argument("--device", default="auto")
+        ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+        ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         ev.set_defaults(func=run_eval, task=task)
         pr = tsub.add_parser("predict", help="draw predictions on images (PNG) and write them as JSON")
-        pr.add_argument("images", nargs="+", metavar="IMAGE")
-        pr.add_argument("--checkpoint", required=True)
-        pr.add_argument("--output", default="predictions")
-        pr.add_argument("--score-threshold", type=float, default=0.5)
-        pr.add_argument("--device", default="auto")
+        pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+        pr.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of train")
+        pr.add_argument("--output", default="predictions", help="folder for the drawn PNGs and one JSON per image")
+        pr.add_argument("--score-threshold", type=float, default=0.5,
+                        help="detect: draw and keep boxes scoring at least this (default 0.5)")
+        pr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         pr.set_defaults(func=run_predict, task=task)
 
 
 def _common(p, archs) -> None:
     p.add_argument("--arch", choices=archs, help=f"default {archs[0]}")
-    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b"], default=None)
+    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b"], default=None, help="default lsnet_t")
     p.add_argument("--data", help="'shapes' (default; generated when missing) or a dataset root")
     p.add_argument("--shapes-dir", help="where the shapes dataset lives (default data/shapes)")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
 
 
 def run_make_shapes(args: argparse.Namespace) -> int:

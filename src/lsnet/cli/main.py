@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import bench, dense, evaluate, export, info, predict, train
+from . import bench, convert, dense, evaluate, export, info, predict, train
 
 
 class CLIError(Exception):
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     bench.add_parser(sub)
     export.add_parser(sub)
+    convert.add_parser(sub)
     dense.add_parsers(sub)
     return parser
 

@@ -30,21 +30,10 @@ def load_for_inference(arch: Optional[str], path: str, use_ema: bool = False) ->
     import timm
 
     import lsnet
-    from ..models.checkpoint import load_state_dict_file
-    from ..models.lsnet import release_safe_globals
+    from ..models.checkpoint import checkpoint_info, load_state_dict_file
 
     state = load_state_dict_file(path, use_ema=use_ema)
-    meta: Dict[str, Any] = {}
-    try:  # our training checkpoints carry their configuration and class names
-        with torch.serialization.safe_globals(release_safe_globals()):
-            full = torch.load(path, map_location="cpu", weights_only=True) if not str(path).endswith(
-                ".safetensors") else {}
-    except Exception:  # noqa: BLE001 - already validated by load_state_dict_file
-        full = {}
-    if isinstance(full, dict):
-        cfg = full.get("config") or {}
-        meta.update(class_names=full.get("class_names"), img_size=cfg.get("img_size"),
-                    crop_pct=cfg.get("crop_pct"), seed=cfg.get("seed", 0), arch=full.get("arch"))
+    meta: Dict[str, Any] = {"seed": 0, **checkpoint_info(path)}  # ours carry configuration and class names
     arch = arch or meta.get("arch") or "lsnet_t"
     if meta.get("arch") and arch != meta["arch"]:
         raise ValueError(f"--model {arch} but {path} was trained as {meta['arch']}")

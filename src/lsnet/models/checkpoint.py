@@ -7,6 +7,7 @@ the globals the release's files need (``argparse.Namespace``) are allowed.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -20,7 +21,7 @@ import torch.nn as nn
 from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
 
 __all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint", "atomic_write",
-           "read_checkpoint_file"]
+           "read_checkpoint_file", "checkpoint_info", "convert_checkpoint"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -181,6 +182,10 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -209,3 +214,68 @@ def save_checkpoint(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], p
         payload = {"model": state, **(extra or {})}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
+
+
+#: What :func:`checkpoint_info` reports, and :func:`convert_checkpoint` keeps as safetensors metadata.
+INFO_KEYS = ("arch", "class_names", "img_size", "crop_pct", "seed")
+
+
+def checkpoint_info(path: PathLike) -> Dict[str, Any]:
+    """What a checkpoint says about itself: ``arch``, ``class_names``, ``img_size``, ``crop_pct``
+    and ``seed`` where known (from a training checkpoint of ``lsnet train`` or the metadata of a
+    file written by :func:`convert_checkpoint`); an empty dict for bare weights."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for damaged files
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+        out: Dict[str, Any] = {}
+        for key in INFO_KEYS:
+            if key in meta:
+                try:
+                    out[key] = json.loads(meta[key])
+                except json.JSONDecodeError:
+                    out[key] = meta[key]
+        return out
+    obj = read_checkpoint_file(path)
+    if not isinstance(obj, dict) or _is_state_dict(obj):
+        return {}
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    found = {"arch": obj.get("arch"), "class_names": obj.get("class_names"), "img_size": cfg.get("img_size"),
+             "crop_pct": cfg.get("crop_pct"), "seed": cfg.get("seed")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, use_ema: bool = False, half: bool = False) -> Dict[str, Any]:
+    """Write the weights of checkpoint ``src`` alone to ``dst`` (``.safetensors``), keeping
+    :func:`checkpoint_info` as metadata (no optimizer state, no pickle).
+
+    ``half`` stores floating tensors of two or more dimensions (convolution and linear weights)
+    as float16 and keeps one-dimensional ones (biases, BatchNorm statistics) in float32: some
+    running means of trained models lie below float16's smallest normal number. Loading casts
+    them back to the model's dtype. Returns a summary: tensors, bytes, float16 tensors and their
+    largest rounding error relative to each tensor's largest magnitude.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"output must be a .safetensors file, got {dst}")
+    state = load_state_dict_file(src, use_ema=use_ema)
+    info = checkpoint_info(src)
+    converted, worst, halved = {}, 0.0, 0
+    for key, value in state.items():
+        if half and value.is_floating_point() and value.dim() >= 2:
+            low = value.to(torch.float16)
+            scale = value.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+            worst = max(worst, float(((low.float() - value.float()).abs().max() / scale)))
+            converted[key], halved = low, halved + 1
+        else:
+            converted[key] = value
+    meta = {k: json.dumps(v) for k, v in info.items()}
+    meta["source"] = src.name
+    save_checkpoint(converted, dst, metadata=meta)
+    return {"path": str(dst), "tensors": len(converted), "bytes": dst.stat().st_size, "float16_tensors": halved,
+            "max_rel_rounding_error": worst, **info}
