@@ -156,7 +156,8 @@ def test_small_presets_fine_tune_a_pretrained_backbone():
     assert (retina.lr, retina.epochs, retina.lr_steps) == (1e-3, 3, (2.5,))  # a shorter schedule
     assert resolve_dense_config("detect", {"arch": "retinanet"}).epochs == 4  # from scratch
     mask = resolve_dense_config("detect", {"arch": "maskrcnn", "backbone_checkpoint": "b.pth"})
-    assert (mask.epochs, mask.lr_steps) == (3, (2.75,))  # unchanged
+    assert (mask.epochs, mask.lr_steps, mask.roi_batch_size) == (2, (1.75,), 64)  # shorter, RoIs as from scratch
+    assert resolve_dense_config("detect", {"arch": "maskrcnn"}).epochs == 3  # from scratch
 
 
 @pytest.mark.parametrize("flag,value,message", [("--lr-steps", "3,-1", "--lr-steps must be epochs >= 0"),
@@ -216,3 +217,22 @@ def test_pretrain_on_shape_crops_then_segment_from_that_backbone(shapes, tmp_pat
         assert main(["dense", command, str(a_file)]) == 2
         err = capsys.readouterr().err
         assert "a_file is a file" in err and "Traceback" not in err
+
+
+def test_predict_names_the_shapes_with_the_shipped_backbone(tmp_path, capsys):
+    """`lsnet predict` reads class names, image size and crop from the .safetensors metadata."""
+    import numpy as np
+    from PIL import Image
+
+    from lsnet.dense.shapes import SHAPE_CLASSES, render_shape_crop
+    from test_dense_models import SHAPES_BACKBONE
+
+    want = {}
+    for i in range(4):
+        img, k = render_shape_crop(np.random.default_rng([11, 3, i]), 64)
+        Image.fromarray(img).save(tmp_path / f"crop{i}.png")
+        want[str(tmp_path / f"crop{i}.png")] = SHAPE_CLASSES[k]
+    assert main(["predict", "--checkpoint", str(SHAPES_BACKBONE), *want]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top = {line[:-1]: lines[i + 1].split()[0] for i, line in enumerate(lines) if line[:-1] in want}
+    assert top == want

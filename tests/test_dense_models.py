@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import timm
 import torch
@@ -153,6 +156,32 @@ def test_backbone_loads_classification_checkpoint_and_freezes(tmp_path):
     assert all(p.requires_grad for p in bb.body.model.blocks2.parameters())
     free = LSNetBackbone("lsnet_t", norm_eval=False).train()
     assert all(m.training for m in free.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+SHAPES_BACKBONE = Path(__file__).resolve().parents[1] / "weights" / "lsnet_t_shapes.safetensors"
+
+
+def test_shipped_shapes_backbone_recognises_fresh_shapes():
+    """The repository's pre-trained backbone (README: dense prediction) classifies single-shape
+    images it never saw (another seed than its training set's) and loads into the dense models."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from lsnet.dense.shapes import SHAPE_CLASSES, render_shape_crop
+    from lsnet.models.checkpoint import checkpoint_info
+
+    info = checkpoint_info(SHAPES_BACKBONE)
+    assert info["arch"] == "lsnet_t" and info["img_size"] == 64 and info["class_names"] == sorted(SHAPE_CLASSES)
+    crops = [render_shape_crop(np.random.default_rng([7, 3, i]), 64) for i in range(160)]
+    x = torch.from_numpy(np.stack([c for c, _ in crops])).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    want = torch.tensor([info["class_names"].index(SHAPE_CLASSES[k]) for _, k in crops])
+    model = timm.create_model("lsnet_t", num_classes=5, img_size=64)
+    lsnet.load_checkpoint(model, SHAPES_BACKBONE)
+    with torch.no_grad():
+        accuracy = (model.eval()(x).argmax(1) == want).float().mean().item()
+    assert accuracy >= 0.95
+    bb = LSNetBackbone("lsnet_t", checkpoint=str(SHAPES_BACKBONE))
+    assert torch.equal(bb.body.model.patch_embed[0].c.weight, model.patch_embed[0].c.weight)
 
 
 def test_short_training_lowers_the_losses():

@@ -51,7 +51,8 @@ def add_parsers(sub) -> None:
                         help="classification weights for the backbone: the release's, lsnet train's or "
                              ".safetensors (for the shapes set the repository ships "
                              "weights/lsnet_t_shapes.safetensors); the small preset then fine-tunes (Semantic FPN: "
-                             "lr 1e-3, 1200 iterations; RetinaNet: 3 epochs, lr drop at 2.5)")
+                             "lr 1e-3, 1200 iterations; RetinaNet: 3 epochs, lr drop at 2.5; Mask R-CNN: 2 epochs, "
+                             "drop at 1.75)")
         tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves")
         tr.add_argument("--epochs" if task == "detect" else "--iters", type=int, help="length of the schedule")
         tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
