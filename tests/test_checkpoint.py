@@ -12,7 +12,6 @@ import pytest
 import timm
 import torch
 
-import lsnet
 from conftest import load_fixture, rel_err
 from lsnet import CheckpointError, load_checkpoint, save_checkpoint
 from lsnet.models.lsnet import LSNet

@@ -13,8 +13,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
 
-from lsnet.data import (DIGITS_CLASS_NAMES, DataError, DataFileNotFoundError, DatasetSplits, ImageFolderDataset,
-                        build_datasets, build_transforms, list_images, load_image)
+from lsnet.data import (DIGITS_CLASS_NAMES, DataError, DataFileNotFoundError, DatasetSplits, build_datasets, build_transforms, list_images, load_image)
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 import lsnet
-from conftest import load_fixture, rel_err
+from conftest import rel_err
 from lsnet.cli.main import main
 from lsnet.deploy.export import export_model, onnx_session
 from lsnet.models.lsnet import LSNet

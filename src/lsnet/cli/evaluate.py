@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 
 def add_parser(sub) -> None:

@@ -7,7 +7,6 @@ forward hooks on the ``SKA`` modules.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Tuple, Union
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["TrainConfig", "PRESETS", "resolve_config", "add_train_arguments", "config_from_args"]
 
@@ -131,7 +131,7 @@ def _validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-        (cfg.distillation in ("none", "hard", "soft"), f"--distillation must be none, hard or soft"),
+        (cfg.distillation in ("none", "hard", "soft"), "--distillation must be none, hard or soft"),
         (cfg.amp in (None, "bfloat16", "float16"), f"--amp must be bfloat16 or float16, got {cfg.amp!r}"),
         (0 <= cfg.distillation_alpha <= 1, "--distillation-alpha must lie in [0, 1]"),
         (cfg.clip_mode in ("agc", "norm", "value"), "--clip-mode must be agc, norm or value"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -325,7 +324,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, Any]:
 
 def _loaders(cfg: TrainConfig, splits, info: DistInfo):
     from timm.data.distributed_sampler import RepeatAugSampler
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     if cfg.repeated_aug:
         sampler = RepeatAugSampler(splits.train, num_replicas=info.world_size, rank=info.rank, shuffle=True)
