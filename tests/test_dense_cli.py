@@ -154,6 +154,7 @@ def test_small_presets_fine_tune_a_pretrained_backbone():
     assert resolve_dense_config("segment", {"backbone_checkpoint": "b.pth", "preset": "40k"}).lr == 2e-4  # paper's
     retina = resolve_dense_config("detect", {"backbone_checkpoint": "b.pth"})
     assert (retina.lr, retina.epochs, retina.lr_steps) == (1e-3, 3, (2.5,))  # a shorter schedule
+    assert (retina.frozen_stages, retina.frozen_norm) == (4, "batch")  # backbone weights fixed
     assert resolve_dense_config("detect", {"arch": "retinanet"}).epochs == 4  # from scratch
     mask = resolve_dense_config("detect", {"arch": "maskrcnn", "backbone_checkpoint": "b.pth"})
     assert (mask.epochs, mask.lr_steps, mask.roi_batch_size) == (2, (1.75,), 64)  # shorter, RoIs as from scratch
@@ -162,7 +163,8 @@ def test_small_presets_fine_tune_a_pretrained_backbone():
 
 @pytest.mark.parametrize("flag,value,message", [("--lr-steps", "3,-1", "--lr-steps must be epochs >= 0"),
                                                 ("--eval-every", "0", "--eval-every must be at least 1"),
-                                                ("--roi-batch-size", "0", "--roi-batch-size must be at least 1")])
+                                                ("--roi-batch-size", "0", "--roi-batch-size must be at least 1"),
+                                                ("--frozen-stages", "5", "--frozen-stages must be between -1 and 4")])
 def test_bad_detection_schedule_flags_stop_with_one_line(tmp_path, capsys, flag, value, message):
     assert main(["detect", "train", "--arch", "maskrcnn", "--data", str(tmp_path / "none"), flag, value,
                  "--output", str(tmp_path / "o")]) == 2
@@ -178,12 +180,13 @@ def test_detection_schedule_flags_reach_the_config():
 
     args = build_parser().parse_args(["detect", "train", "--arch", "maskrcnn", "--lr-steps", "2.5,2.9",
                                       "--eval-every", "3", "--roi-batch-size", "32", "--head-norm", "gn",
-                                      "--box-loss", "giou"])
+                                      "--box-loss", "giou", "--frozen-stages", "2", "--frozen-norm", "batch"])
     cfg = resolve_dense_config("detect", _overrides(args))
     assert (cfg.lr_steps, cfg.eval_every, cfg.roi_batch_size) == ((2.5, 2.9), 3, 32)
-    assert (cfg.head_norm, cfg.box_loss) == ("gn", "giou")
+    assert (cfg.head_norm, cfg.box_loss, cfg.frozen_stages, cfg.frozen_norm) == ("gn", "giou", 2, "batch")
     model = build_dense_model(dataclasses.replace(cfg, arch="retinanet"), 3)
     assert model.head.regression_head._loss_type == "giou"
+    assert (model.backbone.backbone.frozen_stages, model.backbone.backbone.frozen_norm) == (2, "batch")
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules())
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lsnet
+from lsnet.dense.engine import resolve_dense_config
 from lsnet.dense.models import (LSNetBackbone, LSNetFPN, maskrcnn_lsnet_t, retinanet_lsnet_t,
                                 semantic_fpn_lsnet_t)
 
@@ -156,6 +157,41 @@ def test_backbone_loads_classification_checkpoint_and_freezes(tmp_path):
     assert all(p.requires_grad for p in bb.body.model.blocks2.parameters())
     free = LSNetBackbone("lsnet_t", norm_eval=False).train()
     assert all(m.training for m in free.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("frozen_norm", ["eval", "batch"])
+def test_frozen_backbone_keeps_weights_and_adapts_statistics_only_when_asked(frozen_norm):
+    """frozen_norm="batch": a wholly frozen backbone gets no gradients and its weights stay
+    fixed through a training step, yet its BatchNorm layers normalise with the batch's
+    statistics and update their running ones; "eval" (the release) keeps them."""
+    torch.manual_seed(0)
+    model = retinanet_lsnet_t(3, fpn_channels=32, norm_eval=False, frozen_stages=4, frozen_norm=frozen_norm,
+                              min_size=128, max_size=160).train()
+    body = model.backbone.backbone.body
+    weights = {k: v.clone() for k, v in body.state_dict().items() if "running" not in k and "num_batches" not in k}
+    stats = {k: v.clone() for k, v in body.state_dict().items() if k.endswith("running_mean")}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    images = [torch.rand(3, 128, 150) * 3 + 1]  # far from the initial running statistics
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0]]), "labels": torch.tensor([1])}]
+    sum(model(images, targets).values()).backward()
+    opt.step()
+    assert not any(p.requires_grad or p.grad is not None for p in body.parameters())
+    after = body.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+    moved = [k for k, v in stats.items() if not torch.equal(after[k], v)]
+    if frozen_norm == "batch":
+        assert len(moved) == len(stats)  # every BatchNorm saw the batch
+        assert all(m.training for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    else:
+        assert moved == []
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.lateral.parameters())
+
+
+def test_frozen_norm_and_stages_are_checked():
+    with pytest.raises(ValueError, match="frozen_norm 'train'; choose eval or batch"):
+        LSNetBackbone("lsnet_t", frozen_stages=1, frozen_norm="train")
+    with pytest.raises(ValueError, match="--frozen-stages must be between -1 and 4, got 5"):
+        resolve_dense_config("detect", {"frozen_stages": 5})
 
 
 SHAPES_BACKBONE = Path(__file__).resolve().parents[1] / "weights" / "lsnet_t_shapes.safetensors"

@@ -51,8 +51,8 @@ def add_parsers(sub) -> None:
                         help="classification weights for the backbone: the release's, lsnet train's or "
                              ".safetensors (for the shapes set the repository ships "
                              "weights/lsnet_t_shapes.safetensors); the small preset then fine-tunes (Semantic FPN: "
-                             "lr 1e-3, 1200 iterations; RetinaNet: 3 epochs, lr drop at 2.5; Mask R-CNN: 2 epochs, "
-                             "drop at 1.75)")
+                             "lr 1e-3, 1200 iterations; RetinaNet: backbone frozen with batch-statistics BatchNorm, 3 "
+                             "epochs, lr drop at 2.5; Mask R-CNN: 2 epochs, drop at 1.75)")
         tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves")
         tr.add_argument("--epochs" if task == "detect" else "--iters", type=int, help="length of the schedule")
         tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
@@ -61,6 +61,9 @@ def add_parsers(sub) -> None:
         tr.add_argument("--warmup-iters", type=int, help="iterations of linear lr warm-up")
         tr.add_argument("--frozen-stages", type=int, metavar="N",
                         help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
+        tr.add_argument("--frozen-norm", choices=["eval", "batch"],
+                        help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics (the release), "
+                             "batch normalises with each batch's and updates them (weights stay fixed)")
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                         help="keep BatchNorm statistics frozen (default on)")
         tr.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.pth")

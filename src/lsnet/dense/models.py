@@ -35,10 +35,14 @@ class LSNetBackbone(nn.Module):
         norm_eval: keep every BatchNorm in eval mode (statistics frozen) while training, as
             the release's detection and segmentation configs do.
         frozen_stages: freeze the stem and this many first stages (-1: nothing frozen).
+        frozen_norm: what the frozen stages' BatchNorm layers do in training: ``"eval"`` keeps
+            their statistics (the release), ``"batch"`` normalises with each batch's statistics
+            and updates the running ones while every weight stays fixed, for a backbone
+            pre-trained on images unlike the new ones. ``norm_eval`` overrides it.
     """
 
     def __init__(self, variant: str = "lsnet_t", checkpoint: Optional[str] = None, norm_eval: bool = True,
-                 frozen_stages: int = -1):
+                 frozen_stages: int = -1, frozen_norm: str = "eval"):
         super().__init__()
         import timm
 
@@ -50,8 +54,11 @@ class LSNetBackbone(nn.Module):
             load_checkpoint(self.body, checkpoint, drop_head=True)
         self.channels: List[int] = self.body.feature_info.channels()
         self.strides: List[int] = self.body.feature_info.reduction()
+        if frozen_norm not in ("eval", "batch"):
+            raise ValueError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
+        self.frozen_norm = frozen_norm
         self._freeze()
 
     def _frozen_modules(self) -> List[nn.Module]:
@@ -62,7 +69,8 @@ class LSNetBackbone(nn.Module):
 
     def _freeze(self) -> None:
         for module in self._frozen_modules():
-            module.eval()
+            if self.frozen_norm == "eval":
+                module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)
 
@@ -191,7 +199,8 @@ class _Upsample2x(nn.Module):
 # ----- builders -----------------------------------------------------------------------------
 
 def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
-                    norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
+                    norm_eval: bool = True, frozen_stages: int = -1, frozen_norm: str = "eval",
+                    min_size: int = 800, max_size: int = 1333,
                     fpn_channels: int = 256, head_norm: str = "none", box_loss: str = "l1", **kwargs):
     """torchvision RetinaNet on LSNet-FPN (strides 8-128), anchors as the release's RetinaNet:
     octave base scale 4, 3 scales per octave, aspect ratios 0.5, 1, 2.
@@ -210,7 +219,8 @@ def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optiona
         raise ValueError(f"unknown RetinaNet head norm {head_norm!r}; choose none or gn")
     if box_loss not in ("l1", "smooth_l1", "giou"):
         raise ValueError(f"unknown RetinaNet box loss {box_loss!r}; choose l1, smooth_l1 or giou")
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels, extra_top=1)
+    backbone = LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages, frozen_norm)
+    fpn = LSNetFPN(backbone, fpn_channels, extra_top=1)
     sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in fpn.strides)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     norm = functools.partial(nn.GroupNorm, max(1, fpn_channels // 8)) if head_norm == "gn" else None
@@ -223,7 +233,8 @@ def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optiona
 
 
 def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
-                   norm_eval: bool = True, frozen_stages: int = -1, min_size: int = 800, max_size: int = 1333,
+                   norm_eval: bool = True, frozen_stages: int = -1, frozen_norm: str = "eval",
+                   min_size: int = 800, max_size: int = 1333,
                    fpn_channels: int = 256, sampling_ratio: int = 2, **kwargs):
     """torchvision Mask R-CNN on LSNet-FPN (strides 4-64: one transposed-conv level below the
     backbone's stride 8). RoI heads pool from strides 4-32; the RPN uses all five levels.
@@ -233,7 +244,7 @@ def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels,
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages, frozen_norm), fpn_channels,
                    extra_trans=1)
     anchors = AnchorGenerator(sizes=tuple((8 * s,) for s in fpn.strides),
                               aspect_ratios=((0.5, 1.0, 2.0),) * len(fpn.strides))
@@ -252,12 +263,13 @@ def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional
 
 
 def semantic_fpn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional[str] = None,
-                       norm_eval: bool = True, frozen_stages: int = -1, channels: int = 128,
+                       norm_eval: bool = True, frozen_stages: int = -1, frozen_norm: str = "eval",
+                       channels: int = 128,
                        fpn_channels: int = 256, test_size: Optional[int] = None) -> SemanticFPN:
     """Semantic FPN on LSNet-FPN (strides 4-64); ``channels`` is the width of the per-level
     towers, ``fpn_channels`` that of the neck (the release: 128 and 256); ``test_size``
     the shorter side inference resizes to (None: as given)."""
-    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages), fpn_channels,
+    fpn = LSNetFPN(LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages, frozen_norm), fpn_channels,
                    extra_trans=1)
     return SemanticFPN(fpn, num_classes, channels, test_size=test_size)
 
