@@ -126,8 +126,8 @@ SMALL_DETECT_ARCH: Dict[str, Dict[str, Any]] = {
 # with the whole backbone frozen its step is 1.93x cheaper (benchmarks/dense_step.py), and with
 # the frozen BatchNorm layers still normalising with batch statistics (frozen_norm="batch": the
 # crops it was pre-trained on are not scenes; keeping their statistics gave AP50 0.006) the
-# same schedule learns faster: 0.332 / 0.600 / 0.749 after 1 / 2 / 3 epochs against 0.262 /
-# 0.531 / 0.708. Mask R-CNN from the
+# same schedule learns faster: 0.342 / 0.587 / 0.742 after 1 / 2 / 3 epochs against 0.262 /
+# 0.531 / 0.708, in 550 s from a fresh clone. Mask R-CNN from the
 # repository's weights/lsnet_t_shapes.safetensors gave mask AP50 0.669 / 0.875 / 0.928 after
 # 1 / 2 / 3 epochs, its training loop taking 1149 s of the 1200: two epochs (drop at 1.75) suffice.
 SMALL_FINETUNE: Dict[str, Dict[str, Any]] = {"semantic_fpn": dict(lr=1e-3, iters=1200),
