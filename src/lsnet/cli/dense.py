@@ -65,7 +65,8 @@ def add_parsers(sub) -> None:
                         help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics (the release), "
                              "batch normalises with each batch's and updates them (weights stay fixed)")
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep BatchNorm statistics frozen (default on)")
+                        help="keep every BatchNorm's statistics frozen (default: on for the paper's presets, "
+                             "off for small)")
         tr.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.pth")
         tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
                         help="end this invocation after that many epochs (the schedule still spans the whole run)")

@@ -44,6 +44,8 @@ class LSNetBackbone(nn.Module):
     def __init__(self, variant: str = "lsnet_t", checkpoint: Optional[str] = None, norm_eval: bool = True,
                  frozen_stages: int = -1, frozen_norm: str = "eval"):
         super().__init__()
+        if frozen_norm not in ("eval", "batch"):  # before loading any weights
+            raise ValueError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
         import timm
 
         import lsnet  # noqa: F401  registers the variants
@@ -54,8 +56,6 @@ class LSNetBackbone(nn.Module):
             load_checkpoint(self.body, checkpoint, drop_head=True)
         self.channels: List[int] = self.body.feature_info.channels()
         self.strides: List[int] = self.body.feature_info.reduction()
-        if frozen_norm not in ("eval", "batch"):
-            raise ValueError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
         self.frozen_norm = frozen_norm
