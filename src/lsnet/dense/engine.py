@@ -369,13 +369,14 @@ def train_dense(cfg: DenseConfig, log=print) -> Dict[str, Any]:
     try:
         device = resolve_device(cfg.device, info)
         seed_everything(cfg.seed + info.rank)
+        # wrong files stop before any data work and before the output folder is made
+        ck = read_dense_checkpoint(cfg.resume) if cfg.resume else None
+        if cfg.backbone_checkpoint and not Path(cfg.backbone_checkpoint).is_file():
+            raise FileNotFoundError(f"--backbone-checkpoint file not found: {cfg.backbone_checkpoint}")
         out = Path(cfg.output)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        ck = read_dense_checkpoint(cfg.resume) if cfg.resume else None  # a wrong file stops before any data work
-        if cfg.backbone_checkpoint and not Path(cfg.backbone_checkpoint).is_file():
-            raise FileNotFoundError(f"--backbone-checkpoint file not found: {cfg.backbone_checkpoint}")
         train_set, val_set, class_names = build_dense_data(cfg, info)
         model = build_dense_model(cfg, len(class_names)).to(device)
         if cfg.channels_last:
