@@ -13,7 +13,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
 
-from lsnet.data import (DIGITS_CLASS_NAMES, DataError, DataFileNotFoundError, DatasetSplits, build_datasets, build_transforms, list_images, load_image)
+from lsnet.data import (DIGITS_CLASS_NAMES, DataError, DataFileNotFoundError, DatasetSplits, build_datasets,
+                        build_transforms, collate_readable, list_images, load_image)
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -391,8 +392,8 @@ def test_shared_log_dir_keeps_datasets_apart(corrupt_folder, tmp_path):
     (root / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     log = tmp_path / "skiplog"
     s = _folder_splits(root, skip_log_dir=log)
-    for ds in (s.train, s.val):
-        for _ in DataLoader(ds, batch_size=5, num_workers=0):
+    for ds in (s.train, s.val):  # unreadable validation items are None: left out by collate_readable
+        for _ in DataLoader(ds, batch_size=5, num_workers=0, collate_fn=collate_readable):
             pass
     assert s.train.skipped_files() == bad
     assert s.val.skipped_files() == [str(root / "val" / "dog" / "broken.png")]

@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     """Register the ``convert`` sub-command."""
     p = sub.add_parser("convert", help="a checkpoint to weights-only .safetensors (optionally float16)",
                        description="Keep a checkpoint's weights (model or EMA) without optimizer state, in "
-                                   "safetensors, with its architecture, class names and image size as metadata. "
+                                   "safetensors, with its architecture, class names and preprocessing (image "
+                                   "size, crop, interpolation, mean, std) as metadata. "
                                    "Such files load everywhere a checkpoint does (--checkpoint, "
                                    "--backbone-checkpoint, lsnet.load_checkpoint).")
     p.add_argument("checkpoint", help="input: release .pth, one written by lsnet train, or .safetensors")
@@ -23,8 +24,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print a one-line summary."""
+    from ..engine.inference import check_output_file
     from ..models.checkpoint import convert_checkpoint
 
+    check_output_file(args.output, "output", create_parent=True)
     res = convert_checkpoint(args.checkpoint, args.output, use_ema=args.ema, half=args.half)
     line = f"wrote {res['path']} ({res['tensors']} tensors, {res['bytes'] / 2**20:.1f} MiB"
     if args.half:

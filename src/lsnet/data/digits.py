@@ -85,6 +85,11 @@ class DigitsDataset(torch.utils.data.Dataset):
     def reset_skipped(self) -> None:
         """Nothing to reset."""
 
+    def sample_images(self, count: int) -> list[tuple[int, Image.Image]]:
+        """Up to ``count`` ``(index, untransformed image)`` pairs spread evenly over the dataset."""
+        step = max(len(self) // max(count, 1), 1)
+        return [(i, self.image(i)) for i in range(0, len(self), step)][:count]
+
 
 def build_digits_splits(*, train_transform=None, eval_transform=None, seed: int = 0,
                         val_fraction: float = 0.2) -> tuple[DigitsDataset, DigitsDataset]:

@@ -28,6 +28,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data import auto_augment as timm_aa
 from torchvision import transforms as T
 
+from ..errors import ConfigError
+
 __all__ = ["ToRGB", "build_transforms", "posterize_compat"]
 
 
@@ -91,9 +93,9 @@ def build_transforms(
     ``img_size``. With ``grayscale_to_rgb`` every image is converted to RGB first.
     """
     if img_size <= 0:
-        raise ValueError(f"img_size must be positive, got {img_size}")
+        raise ConfigError(f"img_size must be positive, got {img_size}")
     if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if is_training:
         tf = create_transform(

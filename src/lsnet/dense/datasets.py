@@ -11,11 +11,15 @@
 * :class:`DetectionTransform` / :class:`SegmentationTransform` are the joint
   (image, target) augmentations for training and the matching evaluation path.
 * :func:`shapes_coco` / :func:`shapes_ade` open a folder written by
-  :func:`lsnet.dense.shapes.make_shapes`.
+  :func:`lsnet.dense.shapes.make_shapes`; :func:`open_dense_split` opens one
+  split of any of the layouts (evaluation needs no training split).
 
 Every problem the user must fix raises :class:`DenseDataError` (a
 :class:`lsnet.data.DataError`, hence a ``ValueError``) naming the file and the
-fault. As much as possible is checked at construction, so a bad dataset fails
+fault. Images are read by :func:`lsnet.data.load_image`, the loader of every
+task (the same messages; 16-bit and float images scaled to 8 bits). Annotations
+that are left out (boxes of zero or negative size) are counted and logged. As
+much as possible is checked at construction, so a bad dataset fails
 before training starts rather than hours into it. Randomness in the transforms
 uses torch's global generator, so DataLoader workers get distinct, seedable
 streams.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.folder import DataError
+from ..data.folder import DataError, load_image
+from ..errors import ConfigError
 
 __all__ = [
     "ADE20KSegmentation",
@@ -45,12 +51,15 @@ __all__ = [
     "SEG_IGNORE_INDEX",
     "SegmentationTransform",
     "collate_detection",
+    "open_dense_split",
     "shapes_ade",
     "shapes_coco",
 ]
 
 #: Label value that losses and :class:`~lsnet.dense.metrics.SegmentationMetric` ignore.
 SEG_IGNORE_INDEX = 255
+
+logger = logging.getLogger(__name__)
 
 _SEG_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -62,12 +71,10 @@ class DenseDataError(DataError):
 def _load_rgb(path: Path, context: str = "") -> torch.Tensor:
     """Image file as float ``[3, H, W]`` in 0..1; unreadable files raise :class:`DenseDataError`."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DenseDataError(f"image {path} not found{context}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DenseDataError(f"cannot read image {path}{context}: {e}") from e
+        image = load_image(path, context)
+    except DataError as err:
+        raise DenseDataError(str(err)) from err
+    arr = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -146,6 +153,7 @@ class CocoDetection(torch.utils.data.Dataset):
         # Annotations: check references now; keep per-image lists of the usable ones.
         self._anns: dict[int, list[dict]] = {i: [] for i in self.ids}
         self.skipped_annotations = 0
+        skipped_example = None
         for ann in data["annotations"]:
             aid = ann.get("id") if isinstance(ann, dict) else None
             if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann or "bbox" not in ann:
@@ -167,6 +175,7 @@ class CocoDetection(torch.utils.data.Dataset):
             ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
             if bbox[2] <= 0 or bbox[3] <= 0:
                 self.skipped_annotations += 1
+                skipped_example = skipped_example if skipped_example is not None else aid
                 continue
             if ann["iscrowd"] and skip_crowd:
                 continue
@@ -174,6 +183,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 raise DenseDataError(f"{self.ann_file}: annotation {aid!r} has no 'segmentation', "
                                      "but with_masks=True needs one for every annotation")
             self._anns[ann["image_id"]].append(ann)
+        if self.skipped_annotations:
+            logger.warning("%s: %d annotation(s) with a box of zero or negative width or height left out of training "
+                           "targets (e.g. annotation %r)", self.ann_file, self.skipped_annotations, skipped_example)
 
         coco = COCO()
         coco.dataset = data
@@ -304,7 +316,7 @@ class DetectionTransform:
         self.train = train
         self.scales = tuple(scales) if scales is not None else None
         if self.scales is not None and (not self.scales or min(self.scales) < 1):
-            raise ValueError(f"scales must be positive sizes, got {scales}")
+            raise ConfigError(f"scales must be positive sizes, got {scales}")
         self.max_size = max_size
         self.hflip = hflip
 
@@ -382,7 +394,7 @@ class ADE20KSegmentation(torch.utils.data.Dataset):
         self.split = split
         if not 1 <= num_classes <= 255:
             # Labels are bytes and 255 means "ignore", so at most 255 real classes (0..254) fit.
-            raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
+            raise ConfigError(f"num_classes must be in 1..255, got {num_classes}")
         self.num_classes = num_classes
         self.transforms = transforms
         self.reduce_zero_label = reduce_zero_label
@@ -533,14 +545,14 @@ class SegmentationTransform:
                  base_size: int | None = None, eval_size: int | None = None, cat_max_ratio: float = 1.0):
         self.train = train
         if not 0 < cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+            raise ConfigError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
         self.cat_max_ratio = float(cat_max_ratio)
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:
-            raise ValueError(f"crop_size must be a positive int or (h, w), got {crop_size}")
+            raise ConfigError(f"crop_size must be a positive int or (h, w), got {crop_size}")
         lo, hi = scale_range
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+            raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.scale_range = (float(lo), float(hi))
         self.hflip = hflip
         self.base_size = base_size
@@ -596,6 +608,34 @@ class SegmentationTransform:
 
 _COCO_SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val"}
 _ADE_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+
+
+def open_dense_split(task: str, root, split: str, *, layout: str | None = None, **kw):
+    """One split of a dense dataset, without touching the others.
+
+    ``task`` "detect": :class:`CocoDetection` over ``root/<s>/images`` and
+    ``root/annotations/instances_<s>.json``; "segment": :class:`ADE20KSegmentation`
+    over ``root/images/<S>`` and ``root/annotations/<S>``. ``split`` is "train" or "val"
+    (COCO's and ADE20K's names, ``training`` / ``validation``, are accepted too).
+    ``layout="shapes"`` takes ``root`` as a folder written by ``make_shapes`` (its ``coco``
+    / ``ade`` sub-folders; the segmentation classes default to the shapes'). ``kw`` go to
+    the dataset (``transforms``, ``with_masks``, ``num_classes``, ...).
+    """
+    if task not in ("detect", "segment"):
+        raise ValueError(f"task must be 'detect' or 'segment', got {task!r}")
+    if layout == "shapes":
+        return shapes_coco(root, split, **kw) if task == "detect" else shapes_ade(root, split, **kw)
+    if layout is not None:
+        raise ValueError(f"layout must be None or 'shapes', got {layout!r}")
+    if task == "detect":
+        if split not in _COCO_SPLITS:
+            raise ValueError(f"split must be one of {sorted(_COCO_SPLITS)}, got {split!r}")
+        s = _COCO_SPLITS[split]
+        root = Path(root)
+        return CocoDetection(root / s / "images", root / "annotations" / f"instances_{s}.json", **kw)
+    if split not in _ADE_SPLITS:
+        raise ValueError(f"split must be one of {sorted(_ADE_SPLITS)}, got {split!r}")
+    return ADE20KSegmentation(root, _ADE_SPLITS[split], **kw)
 
 
 def shapes_coco(root, split: str = "train", **kw) -> CocoDetection:

@@ -3,11 +3,18 @@ dicts and ``.safetensors``.
 
 Loading never runs code from the file: pickles are read with ``weights_only=True`` and only
 the globals the release's files need (``argparse.Namespace``) are allowed.
+
+:func:`open_checkpoint` reads a file once and gives both its weights and what it says about
+itself (:meth:`CheckpointFile.info`, checked: a damaged or crafted value is a
+:class:`CheckpointError` naming the file, not a failure further on).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
+import math
 import os
 import pickle
 import re
@@ -18,21 +25,32 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError, UserError
 from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
 
-__all__ = ["CheckpointError", "load_state_dict_file", "load_checkpoint", "save_checkpoint", "atomic_write",
-           "read_checkpoint_file", "checkpoint_info", "convert_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointFile", "open_checkpoint", "load_state_dict_file", "load_checkpoint",
+           "save_checkpoint", "atomic_write", "read_checkpoint_file", "checkpoint_info", "convert_checkpoint",
+           "INFO_KEYS", "PREPROCESSING_KEYS"]
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file could not be read, or does not fit the model."""
 
 
 def read_checkpoint_file(path: Path, map_location="cpu") -> Any:
     """The object stored in a checkpoint file, read without running code from it."""
     return _read_file(Path(path), map_location)
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
 
 
 def _read_file(path: Path, map_location) -> Any:
@@ -44,6 +62,18 @@ def _read_file(path: Path, map_location) -> Any:
             return load_file(str(path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err.strerror or err}") from err
+    # torch.save writes a zip archive (PK..), older torch a pickle (protocol 2+ starts with 0x80);
+    # anything else fails deep inside the unpickler with an unhelpful EOFError / IndexError.
+    if not head:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: the file is empty (0 bytes)")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: it starts with neither a zip archive's "
+                              "nor a pickle's header")
     try:
         with torch.serialization.safe_globals(release_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -59,13 +89,122 @@ def _read_file(path: Path, map_location) -> Any:
             f"lsnet only unpickles weights (torch.load(weights_only=True), plus argparse.Namespace for the "
             f"release's files); if you trust this file, load it yourself and pass its state_dict."
         ) from err
-    except Exception as err:  # noqa: BLE001 - arbitrary bytes make the reader fail in many ways (KeyError, ...)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - damaged files make the reader fail in many ways (KeyError, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (damaged or truncated?): "
+                              f"{type(err).__name__}: {reason}") from err
 
 
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and len(obj) > 0 and all(
         isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+#: What :meth:`CheckpointFile.info` reports, and :func:`convert_checkpoint` keeps as safetensors metadata.
+INFO_KEYS = ("arch", "class_names", "img_size", "crop_pct", "interpolation", "mean", "std", "seed")
+#: The preprocessing a checkpoint may record, read from its top-level ``preprocessing`` dict or,
+#: for older files, from its ``config`` dict.
+PREPROCESSING_KEYS = ("img_size", "crop_pct", "interpolation", "mean", "std")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_info(values: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """``values`` with every known key checked; a wrong value raises CheckpointError naming the file."""
+    rules = {
+        "arch": (lambda v: isinstance(v, str) and v.strip() != "", "a model name"),
+        "class_names": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(n, str) for n in v),
+                        "a list of class names"),
+        "img_size": (lambda v: _number(v) and v == int(v) and v >= 1, "a positive whole number"),
+        "crop_pct": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "interpolation": (lambda v: v in _INTERPOLATIONS, "one of " + ", ".join(_INTERPOLATIONS)),
+        "mean": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_number, v)), "3 numbers"),
+        "std": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
+                "3 positive numbers"),
+        "seed": (lambda v: _number(v) and v == int(v), "a whole number"),
+    }
+    out: Dict[str, Any] = {}
+    for key, value in values.items():
+        ok, what = rules[key]
+        if not ok(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CheckpointError(f"{path}: its metadata '{key}' is {shown}, not {what} (a damaged file, or not "
+                                  "written by lsnet)")
+        if key in ("img_size", "seed"):
+            value = int(value)
+        elif key in ("class_names", "mean", "std"):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+class CheckpointFile:
+    """A checkpoint file read once: its weights (:meth:`state_dict`) and what it says about
+    itself (:meth:`info`). Build it with :func:`open_checkpoint`."""
+
+    def __init__(self, path: Path, content: Any, metadata: Optional[Dict[str, str]] = None):
+        self.path = Path(path)
+        self.content = content  # the stored object: a state_dict or a dict holding one
+        self.metadata = metadata or {}  # a .safetensors file's string metadata
+
+    def state_dict(self, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+        """The model's (or with ``use_ema`` the EMA) state_dict (see :func:`load_state_dict_file`)."""
+        obj, path = self.content, self.path
+        if _is_state_dict(obj):
+            return dict(obj)
+        if isinstance(obj, dict):
+            keys = ("model_ema", "state_dict_ema", "ema") if use_ema else ("model", "state_dict")
+            for key in keys:
+                if _is_state_dict(obj.get(key)):
+                    return dict(obj[key])
+            what = "EMA weights (" + ", ".join(keys) + ")" if use_ema else "a state_dict ('model' or 'state_dict')"
+            raise CheckpointError(f"{path} holds no {what}; its top-level keys are {sorted(map(str, obj))}")
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+
+    def info(self) -> Dict[str, Any]:
+        """What the file says about itself, checked: ``arch``, ``class_names``, ``img_size``,
+        ``crop_pct``, ``interpolation``, ``mean``, ``std`` and ``seed`` where recorded."""
+        return _info_of(self.content, self.metadata, self.path)
+
+
+def _info_of(content: Any, metadata: Dict[str, str], path: Path) -> Dict[str, Any]:
+    found: Dict[str, Any] = {}
+    if metadata:  # a converted file: every value JSON-encoded
+        for key in INFO_KEYS:
+            if key in metadata:
+                try:
+                    found[key] = json.loads(metadata[key])
+                except json.JSONDecodeError:
+                    found[key] = metadata[key]
+    elif isinstance(content, dict) and not _is_state_dict(content):
+        cfg = content.get("config") if isinstance(content.get("config"), dict) else {}
+        pre = content.get("preprocessing") if isinstance(content.get("preprocessing"), dict) else {}
+        found = {"arch": content.get("arch"), "class_names": content.get("class_names"), "seed": cfg.get("seed")}
+        for key in PREPROCESSING_KEYS:
+            found[key] = pre.get(key, cfg.get(key))
+    return _check_info({k: v for k, v in found.items() if v is not None}, path)
+
+
+def open_checkpoint(path: PathLike, map_location="cpu") -> CheckpointFile:
+    """Read a checkpoint file (release ``.pth``, ours, timm's or ``.safetensors``) once."""
+    path = Path(path)
+    _check_is_file(path)
+    metadata = _safetensors_metadata(path) if path.suffix == ".safetensors" else {}
+    return CheckpointFile(path, _read_file(path, map_location), metadata)
+
+
+def _safetensors_metadata(path: Path) -> Dict[str, str]:
+    from safetensors import safe_open
+
+    try:  # the header only: cheap
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def load_state_dict_file(path: PathLike, use_ema: bool = False, map_location="cpu") -> Dict[str, torch.Tensor]:
@@ -74,20 +213,7 @@ def load_state_dict_file(path: PathLike, use_ema: bool = False, map_location="cp
     Accepts a bare state_dict, or a dict holding it under ``model`` / ``state_dict`` (with
     ``model_ema`` / ``state_dict_ema`` used when ``use_ema``), possibly with training state.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    obj = _read_file(path, map_location)
-    if _is_state_dict(obj):
-        return dict(obj)
-    if isinstance(obj, dict):
-        keys = ("model_ema", "state_dict_ema", "ema") if use_ema else ("model", "state_dict")
-        for key in keys:
-            if _is_state_dict(obj.get(key)):
-                return dict(obj[key])
-        what = "EMA weights (" + ", ".join(keys) + ")" if use_ema else "a state_dict ('model' or 'state_dict')"
-        raise CheckpointError(f"{path} holds no {what}; its top-level keys are {sorted(map(str, obj))}")
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    return open_checkpoint(path, map_location).state_dict(use_ema=use_ema)
 
 
 def _guess_variant(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
@@ -120,13 +246,14 @@ def _target(model: nn.Module) -> nn.Module:
     return inner if not isinstance(model, LSNet) and isinstance(inner, LSNet) else model
 
 
-def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, drop_head: bool = False,
-                    use_ema: bool = False) -> Dict[str, List[str]]:
+def load_checkpoint(model: nn.Module, path: Union[PathLike, CheckpointFile], strict: bool = True,
+                    drop_head: bool = False, use_ema: bool = False) -> Dict[str, List[str]]:
     """Load a checkpoint file into ``model`` (an LSNet or its ``features_only`` wrapper).
 
     Args:
         model: the model to fill.
-        path: release ``.pth``, our ``.pth`` or ``.safetensors``.
+        path: release ``.pth``, our ``.pth`` or ``.safetensors``, or a file already read by
+            :func:`open_checkpoint`.
         strict: every key must match (names and shapes); otherwise one ``CheckpointError``
             lists the missing, unexpected and mis-shaped keys.
         drop_head: ignore the checkpoint's classifier where it does not fit (another number
@@ -137,7 +264,9 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, drop_
         dict with the ``missing``, ``unexpected`` and ``dropped`` keys (all empty when strict).
     """
     target = _target(model)
-    state_dict = load_state_dict_file(path, use_ema=use_ema)
+    ck = path if isinstance(path, CheckpointFile) else open_checkpoint(path)
+    path = ck.path
+    state_dict = ck.state_dict(use_ema=use_ema)
     if isinstance(target, LSNet):
         state_dict = checkpoint_filter_fn(state_dict, target)
     else:
@@ -174,12 +303,60 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True, drop_
     return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
 
 
+def _temp_pattern(path: Path) -> "re.Pattern[str]":
+    """Names of atomic_write's temporary files for ``path``: ``.NAME.PID.XXXXXXXX.tmp``
+    (mkstemp's 8 random characters; files of older versions lack the PID)."""
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # another user's process, or not checkable: keep its file
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files that a killed save of ``path`` left behind (never those of a
+    save still running: their process is alive)."""
+    pattern = _temp_pattern(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return
+    for tmp in candidates:
+        m = pattern.fullmatch(tmp.name)
+        if m is None or (m.group(1) is not None and _pid_alive(int(m.group(1)))):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp.name)
+        except OSError:
+            continue
+    if removed:
+        logger.warning("removed %d temporary file(s) left by an interrupted save of %s: %s", len(removed), path,
+                       ", ".join(sorted(removed)))
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``:
-    a crash at any moment leaves either the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    a crash at any moment leaves either the old file or the new one, never a partial one.
+
+    Temporary files of earlier saves of ``path`` that were killed are removed first. A
+    folder that cannot be written and a full disk raise :class:`CheckpointError` naming
+    ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         write(tmp)
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
@@ -187,9 +364,14 @@ def atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
+        # torch.save reports a full disk as "PytorchStreamWriter failed writing file ... unexpected pos"
+        if isinstance(err, RuntimeError) and ("PytorchStreamWriter" in str(err) or "unexpected pos" in str(err)):
+            raise CheckpointError(f"cannot write {path}: writing failed part-way (is the disk full?)") from err
         raise
 
 
@@ -216,38 +398,15 @@ def save_checkpoint(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], p
     return path
 
 
-#: What :func:`checkpoint_info` reports, and :func:`convert_checkpoint` keeps as safetensors metadata.
-INFO_KEYS = ("arch", "class_names", "img_size", "crop_pct", "seed")
-
-
 def checkpoint_info(path: PathLike) -> Dict[str, Any]:
-    """What a checkpoint says about itself: ``arch``, ``class_names``, ``img_size``, ``crop_pct``
-    and ``seed`` where known (from a training checkpoint of ``lsnet train`` or the metadata of a
-    file written by :func:`convert_checkpoint`); an empty dict for bare weights."""
+    """What a checkpoint says about itself (see :meth:`CheckpointFile.info`): from a training
+    checkpoint of ``lsnet train`` or the metadata of a file written by :func:`convert_checkpoint`;
+    an empty dict for bare weights. Reads only the header of a ``.safetensors`` file."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for damaged files
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-        out: Dict[str, Any] = {}
-        for key in INFO_KEYS:
-            if key in meta:
-                try:
-                    out[key] = json.loads(meta[key])
-                except json.JSONDecodeError:
-                    out[key] = meta[key]
-        return out
-    obj = read_checkpoint_file(path)
-    if not isinstance(obj, dict) or _is_state_dict(obj):
-        return {}
-    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    found = {"arch": obj.get("arch"), "class_names": obj.get("class_names"), "img_size": cfg.get("img_size"),
-             "crop_pct": cfg.get("crop_pct"), "seed": cfg.get("seed")}
-    return {k: v for k, v in found.items() if v is not None}
+        _check_is_file(path)
+        return _info_of(None, _safetensors_metadata(path), path)
+    return open_checkpoint(path).info()
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike, use_ema: bool = False, half: bool = False) -> Dict[str, Any]:
@@ -262,9 +421,9 @@ def convert_checkpoint(src: PathLike, dst: PathLike, use_ema: bool = False, half
     """
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
-        raise ValueError(f"output must be a .safetensors file, got {dst}")
-    state = load_state_dict_file(src, use_ema=use_ema)
-    info = checkpoint_info(src)
+        raise ConfigError(f"output must be a .safetensors file, got {dst}")
+    ck = open_checkpoint(src)
+    state, info = ck.state_dict(use_ema=use_ema), ck.info()
     converted, worst, halved = {}, 0.0, 0
     for key, value in state.items():
         if half and value.is_floating_point() and value.dim() >= 2:
