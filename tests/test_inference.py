@@ -67,6 +67,7 @@ def test_preprocessing_model_then_checkpoint_then_options(tmp_path):
     assert (given.img_size, given.crop_pct, given.interpolation, given.mean) == (96, 0.5, "nearest", (0.5, 0.5, 0.5))
     with pytest.raises(ConfigError, match="--crop-pct"):
         resolve_preprocessing(model, crop_pct=0.0)
+    assert resolve_preprocessing(model, {"interpolation": "random"}).interpolation == "bicubic"  # a training choice
 
 
 def test_the_checkpoints_record_wins_over_its_config_and_reaches_the_transform(tmp_path):

@@ -105,7 +105,8 @@ INFO_KEYS = ("arch", "class_names", "img_size", "crop_pct", "interpolation", "me
 #: The preprocessing a checkpoint may record, read from its top-level ``preprocessing`` dict or,
 #: for older files, from its ``config`` dict.
 PREPROCESSING_KEYS = ("img_size", "crop_pct", "interpolation", "mean", "std")
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+# "random" is timm's training-time choice; inference resolves it to bicubic
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random")
 
 
 def _number(v: Any) -> bool:
