@@ -23,7 +23,9 @@ import time
 import torch
 
 from lsnet.dense.datasets import collate_detection
-from lsnet.dense.engine import DenseConfig, build_dense_data, build_dense_model, resolve_dense_config, segmentation_loss
+from lsnet.dense.config import DenseConfig, resolve_dense_config
+from lsnet.dense.data import build_dense_data
+from lsnet.dense.task import build_dense_model, segmentation_loss
 
 TASKS = {"semantic_fpn": "segment", "retinanet": "detect", "maskrcnn": "detect"}
 

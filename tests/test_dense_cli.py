@@ -108,7 +108,7 @@ def test_segment_under_torchrun(shapes, tmp_path):
            *_seg_args(shapes, out, "--batch-size", "2")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "batch 2x2" in res.stdout
+    assert "batch 2x2" in res.stderr
     assert main(["segment", "eval", "--checkpoint", str(out / "last.pth")]) == 0
 
 
@@ -124,7 +124,8 @@ def test_bad_annotations_stop_before_training(tmp_path, capsys):
 
 
 def test_presets_per_model_and_fractional_lr_steps():
-    from lsnet.dense.engine import _lr_factor, resolve_dense_config
+    from lsnet.dense.config import resolve_dense_config
+    from lsnet.dense.task import lr_factor as _lr_factor
 
     mask = resolve_dense_config("detect", {"arch": "maskrcnn"})
     retina = resolve_dense_config("detect", {"arch": "retinanet"})
@@ -145,7 +146,7 @@ def test_presets_per_model_and_fractional_lr_steps():
 
 
 def test_small_presets_fine_tune_a_pretrained_backbone():
-    from lsnet.dense.engine import resolve_dense_config
+    from lsnet.dense.config import resolve_dense_config
 
     assert resolve_dense_config("segment", {}).lr == 4e-3  # from scratch
     assert (resolve_dense_config("segment", {"backbone_checkpoint": "b.pth"}).lr,
@@ -176,7 +177,8 @@ def test_bad_detection_schedule_flags_stop_with_one_line(tmp_path, capsys, flag,
 def test_detection_schedule_flags_reach_the_config():
     from lsnet.cli.main import build_parser
     from lsnet.cli.dense import _overrides
-    from lsnet.dense.engine import build_dense_model, resolve_dense_config
+    from lsnet.dense.config import resolve_dense_config
+    from lsnet.dense.task import build_dense_model
 
     args = build_parser().parse_args(["detect", "train", "--arch", "maskrcnn", "--lr-steps", "2.5,2.9",
                                       "--eval-every", "3", "--roi-batch-size", "32", "--head-norm", "gn",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lsnet
-from lsnet.dense.engine import resolve_dense_config
+from lsnet.dense.config import resolve_dense_config
 from lsnet.dense.models import (LSNetBackbone, LSNetFPN, maskrcnn_lsnet_t, retinanet_lsnet_t,
                                 semantic_fpn_lsnet_t)
 
@@ -256,7 +256,7 @@ def test_short_training_lowers_the_losses():
 
 
 def test_segmentation_loss_dice_term_matches_hand_computation():
-    from lsnet.dense.engine import segmentation_loss
+    from lsnet.dense.task import segmentation_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 5, requires_grad=True)

@@ -184,7 +184,7 @@ def test_import_lsnet_and_cpu_ska_without_triton_kernels():
         y.sum().backward()
         torch.testing.assert_close(y, ska_reference(x, w))
         assert "lsnet.ops.ska_triton" not in sys.modules, "CPU SKA imported the Triton kernels"
-        assert "cpu" not in sys.modules["lsnet.ops.ska"]._BACKENDS
+        assert "cpu" not in sys.modules["lsnet.ops.backends"]._BACKENDS
         print("CPU OK")
         """
     )
@@ -195,10 +195,10 @@ def test_cpu_ska_does_not_dispatch_to_triton(monkeypatch):
     """In-process: the CPU path never asks for the CUDA backend."""
     ska_module = importlib.import_module("lsnet.ops.ska")
 
-    def refuse():
+    def refuse(device_type):
         raise AssertionError("CPU SKA tried to load the Triton backend")
 
-    monkeypatch.setattr(ska_module, "_load_triton_backend", refuse)
+    monkeypatch.setattr(ska_module, "backend_for", refuse)
     x = torch.randn(1, 4, 6, 5)
     w = torch.randn(1, 2, 25, 6, 5)
     torch.testing.assert_close(ska_module.ska(x, w), ska_module.ska_reference(x, w))
@@ -218,8 +218,8 @@ def test_missing_triton_raises_import_error():
             pass
         else:
             raise AssertionError("lsnet.ops.ska_triton imported without triton")
-        ska_module = importlib.import_module("lsnet.ops.ska")
-        assert ska_module._load_triton_backend() is None
+        backends = importlib.import_module("lsnet.ops.backends")
+        assert backends.backend_for("cuda") is None
         print("NO TRITON OK")
         """
     )

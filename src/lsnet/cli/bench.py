@@ -7,7 +7,15 @@ from pathlib import Path
 
 import timm
 
-from ..deploy.bench import RUNTIMES, BenchConfig, format_markdown, plot_results, run_benchmark, write_json
+from ..deploy.bench import (
+    RUNTIMES,
+    BenchConfig,
+    format_markdown,
+    plot_results,
+    run_benchmark,
+    write_json,
+)
+from ..errors import ConfigError
 
 
 def _ints(text: str):
@@ -59,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     known = set(timm.list_models())
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise ValueError(f"unknown timm model(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown timm model(s): {', '.join(unknown)}")
     if args.rounds < 1:
-        raise ValueError("--rounds must be at least 1")
+        raise ConfigError("--rounds must be at least 1")
     cfg = BenchConfig(models=models, batch_sizes=args.batch_sizes, device=args.device, dtype=args.dtype,
                       fuse=args.fuse, modes=args.compile, channels_last=args.channels_last, onnx=args.onnx,
                       img_size=args.img_size, warmup=args.warmup, rounds=args.rounds, threads=args.threads)

@@ -67,7 +67,11 @@ def add_parsers(sub) -> None:
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                         help="keep every BatchNorm's statistics frozen (default: on for the paper's presets, "
                              "off for small)")
-        tr.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.pth")
+        tr.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue from a last.pth, with its run's configuration and folder (options given "
+                             "override them)")
+        tr.add_argument("--overwrite", action="store_true", default=None,
+                        help="start a new run in an --output folder that holds another run")
         tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
                         help="end this invocation after that many epochs (the schedule still spans the whole run)")
         tr.add_argument("-j", "--workers", type=int, help="data-loading processes")
@@ -147,7 +151,7 @@ def run_make_shape_crops(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
-    from ..dense.engine import DenseConfig
+    from ..dense.config import DenseConfig
 
     names = {f.name for f in __import__("dataclasses").fields(DenseConfig)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None and k != "task"}
@@ -155,36 +159,42 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Resolve the configuration and train."""
-    from ..dense.engine import resolve_dense_config, train_dense
+    from ..dense.config import resolve_dense_config
+    from ..dense.task import train_dense
 
     over = _overrides(args)
-    over.setdefault("output", f"output/{args.task}")
+    if not over.get("resume"):  # a resumed run keeps its folder
+        over.setdefault("output", f"output/{args.task}")
     cfg = resolve_dense_config(args.task, over)
     res = train_dense(cfg)
-    print(f"done: best {res['key']} {res['best'][res['key']]:.3f}; checkpoints {res['best_path']} and {res['last']}")
+    if res["interrupted"]:
+        return 130
+    print(f"done: best {res['best_key']} {res['best_value']:.3f}; checkpoints {res['best_path']} and {res['last']}")
     return 0
 
 
-def _load(path: str, device: torch.device):
-    from ..dense.engine import DenseConfig, build_dense_model, read_dense_checkpoint
+def _load(path: str, device: torch.device, task: str | None = None):
+    from ..dense.inference import load_dense_for_inference
 
-    ck = read_dense_checkpoint(path)
-    cfg = DenseConfig.from_dict({**ck["config"], "backbone_checkpoint": None})
-    model = build_dense_model(cfg, len(ck["class_names"]))
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), cfg, ck["class_names"]
+    loaded = load_dense_for_inference(path, device, task=task)
+    return loaded.model, loaded.config, loaded.class_names
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint and print the metrics."""
-    from ..dense.engine import build_dense_data, evaluate_dense
+    """Evaluate a checkpoint and print the metrics (the dataset's classes must be the checkpoint's)."""
+    from ..dense.data import build_dense_data
+    from ..dense.inference import check_same_classes
+    from ..dense.task import evaluate_dense
     from ..engine.distributed import DistInfo, resolve_device
+    from ..engine.inference import check_output_file
 
+    check_output_file(args.json, "--json")  # before the work, not after it
     device = resolve_device(args.device, DistInfo())
-    model, cfg, names = _load(args.checkpoint, device)
+    model, cfg, names = _load(args.checkpoint, device, args.task)
     if args.data:
         cfg.data = args.data
-    _, val, _ = build_dense_data(cfg)
+    _, val, _ = build_dense_data(cfg, splits=("val",))
+    check_same_classes(names, val.class_names, args.checkpoint, cfg.data)
     res = evaluate_dense(model, val, cfg, device)
     print(f"{cfg.arch} ({cfg.backbone}) on {cfg.data} validation, {len(val)} images")
     print("| metric | value |\n|---|---:|")
@@ -203,22 +213,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Draw predictions (boxes, masks or label maps) and write PNG + JSON per image."""
-    from ..data import DataError, list_images, load_image
-    from ..dense import visualize as V
-    from ..engine.distributed import DistInfo, resolve_device
+    """Draw predictions (boxes, masks or label maps) and write PNG + JSON per image; inputs
+    of the same file name get distinct outputs (the folder's name, else a counter, added)."""
+    import logging
 
-    device = resolve_device(args.device, DistInfo())
-    model, cfg, names = _load(args.checkpoint, device)
-    out = Path(args.output)
-    failures = 0
     import torchvision.transforms.functional as TF
 
-    for path in list_images(args.images):
+    from ..data import DataError, list_images, load_image, output_names
+    from ..dense import visualize as V
+    from ..engine.distributed import DistInfo, resolve_device
+    from ..errors import ConfigError
+
+    log = logging.getLogger(__name__)
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    paths = list_images(args.images)
+    device = resolve_device(args.device, DistInfo())
+    model, cfg, names = _load(args.checkpoint, device, args.task)
+    failures = 0
+    for path, stem in zip(paths, output_names(paths)):
         try:
             image = load_image(path)
         except DataError as err:
-            print(f"{path}: skipped: {err}")
+            log.warning("%s: skipped: %s", path, err)
             failures += 1
             continue
         x = TF.to_tensor(image).to(device)
@@ -233,7 +253,9 @@ def run_predict(args: argparse.Namespace) -> int:
                 drawn = V.draw_segmentation(image, label_map, names)
                 data = V.segmentation_to_json(label_map, names, image_path=str(path))
                 summary = "label map"
-        V.save_png(drawn, out / f"{Path(path).stem}_pred.png")
-        V.save_json(data, out / f"{Path(path).stem}_pred.json")
-        print(f"{path}: {summary} -> {out / (Path(path).stem + '_pred.png')}")
+        png = V.save_png(drawn, out / f"{stem}_pred.png")
+        V.save_json(data, out / f"{stem}_pred.json")
+        print(f"{path}: {summary} -> {png}")
+    if failures:
+        log.warning("%d of %d image(s) could not be read", failures, len(paths))
     return 1 if failures else 0

@@ -9,6 +9,7 @@ from typing import List
 import timm
 
 from ..deploy.profile import ModelProfile, profile_model
+from ..errors import ConfigError
 from ..models import MODEL_NAMES
 from ..models.lsnet import MIN_INPUT_SIZE
 
@@ -41,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in timm.list_models("*")]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; LSNet variants are {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; LSNet variants are {', '.join(MODEL_NAMES)}")
     if len(args.img_size) not in (1, 2):
-        raise ValueError("--img-size takes one side or a height and a width")
+        raise ConfigError("--img-size takes one side or a height and a width")
     size = (args.img_size[0],) * 2 if len(args.img_size) == 1 else tuple(args.img_size)
     if min(size) < MIN_INPUT_SIZE:
-        raise ValueError(f"--img-size must be at least {MIN_INPUT_SIZE}, got {size[0]}x{size[1]}")
+        raise ConfigError(f"--img-size must be at least {MIN_INPUT_SIZE}, got {size[0]}x{size[1]}")
     rows = [profile_model(n, timm.create_model(n), size) for n in names]
     print(format_table(rows))
     if args.json:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import List, Optional
 
+from ..errors import UserError
 from . import bench, convert, dense, evaluate, export, info, predict, train
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """An error the user can fix; printed as one line, without a traceback."""
+
+
+#: Errors about a path the user gave, reported in one line like a UserError.
+PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with its sub-commands."""
     parser = argparse.ArgumentParser(prog="lsnet", description="LSNet: See Large, Focus Small (CVPR 2025).")
     parser.add_argument("--version", action="store_true", help="print the package version and exit")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: debugging)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parser(sub)
@@ -29,10 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CLIHandler(logging.StreamHandler):
+    """Messages of the ``lsnet`` loggers on stderr: plain for information, prefixed otherwise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def configure_logging(verbose: int = 0, quiet: int = 0) -> None:
+    """Send the package's log messages to stderr at the level -v / -q ask for (INFO by default)."""
+    root = logging.getLogger("lsnet")
+    for handler in [h for h in root.handlers if isinstance(h, _CLIHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(_CLIHandler(sys.stderr))
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    root.setLevel(max(min(level, logging.ERROR), logging.DEBUG))
+    root.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the process exit status."""
+    """Run the command line; returns the process exit status (2 for a user error, 1 for a bug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     if args.version:
         from lsnet import __version__
 
@@ -43,12 +73,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (UserError, *PATH_ERRORS) as err:
         print(f"lsnet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lsnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    # anything else is a bug: Python prints its traceback and the exit status is 1
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
-"""``lsnet train``: train a model with the paper's recipe (or a preset) on ImageFolder data or digits."""
+"""``lsnet train``: train a classifier with the paper's recipe (or a preset) on ImageFolder data or digits."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..engine.config import add_train_arguments, config_from_args
+from ..classify.config import add_train_arguments, config_from_args
 
 
 def add_parser(sub) -> None:
     """Register the ``train`` sub-command."""
     p = sub.add_parser("train", help="train a model (paper recipe; torchrun for several processes)",
                        description="Train with the LSNet paper's ImageNet recipe (Table 10) built from timm's parts. "
-                                   "Flags override the preset ('small' for digits, 'imagenet' otherwise).")
+                                   "Flags override the preset ('small' for digits, 'imagenet' otherwise); with "
+                                   "--resume they override the resumed run's configuration.")
     add_train_arguments(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.set_defaults(func=run)
@@ -21,15 +22,16 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the configuration and train."""
     import json
 
-    from ..engine.train import train
+    from ..classify.task import train
 
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     summary = train(cfg)
-    if summary.get("interrupted"):
+    if summary["interrupted"]:
         return 130
-    print(f"done: best validation top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}); "
-          f"checkpoints {summary['best']} and {summary['last']}")
+    best = summary["best"]
+    print(f"done: best validation top-1 {best['top1']:.2f}% (epoch {best['epoch'] + 1}); "
+          f"checkpoints {summary['best_path']} and {summary['last']}")
     return 0

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 __all__ = ["LSNetBackbone", "LSNetFPN", "SemanticFPN", "retinanet_lsnet", "maskrcnn_lsnet", "semantic_fpn_lsnet",
            "retinanet_lsnet_t", "retinanet_lsnet_s", "retinanet_lsnet_b", "maskrcnn_lsnet_t", "maskrcnn_lsnet_s",
            "maskrcnn_lsnet_b", "semantic_fpn_lsnet_t", "semantic_fpn_lsnet_s", "semantic_fpn_lsnet_b"]
@@ -45,10 +47,11 @@ class LSNetBackbone(nn.Module):
                  frozen_stages: int = -1, frozen_norm: str = "eval"):
         super().__init__()
         if frozen_norm not in ("eval", "batch"):  # before loading any weights
-            raise ValueError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
+            raise ConfigError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
         import timm
 
         import lsnet  # noqa: F401  registers the variants
+
         from ..models import load_checkpoint
 
         self.body = timm.create_model(variant, features_only=True, out_indices=(0, 1, 2, 3))
@@ -216,9 +219,9 @@ def retinanet_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optiona
     from torchvision.models.detection.retinanet import RetinaNetHead
 
     if head_norm not in ("none", "gn"):
-        raise ValueError(f"unknown RetinaNet head norm {head_norm!r}; choose none or gn")
+        raise ConfigError(f"unknown RetinaNet head norm {head_norm!r}; choose none or gn")
     if box_loss not in ("l1", "smooth_l1", "giou"):
-        raise ValueError(f"unknown RetinaNet box loss {box_loss!r}; choose l1, smooth_l1 or giou")
+        raise ConfigError(f"unknown RetinaNet box loss {box_loss!r}; choose l1, smooth_l1 or giou")
     backbone = LSNetBackbone(variant, backbone_checkpoint, norm_eval, frozen_stages, frozen_norm)
     fpn = LSNetFPN(backbone, fpn_channels, extra_top=1)
     sizes = tuple(tuple(4 * s * 2 ** (k / 3) for k in range(3)) for s in fpn.strides)
@@ -254,7 +257,10 @@ def maskrcnn_lsnet(variant: str, num_classes: int, backbone_checkpoint: Optional
                      mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=sampling_ratio),
                      min_size=min_size, max_size=max_size, **kwargs)
     if fpn_channels != 256 and "mask_head" not in kwargs:  # torchvision's default mask head is 256 wide
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.models.detection.mask_rcnn import (
+            MaskRCNNHeads,
+            MaskRCNNPredictor,
+        )
 
         model.roi_heads.mask_head = MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1)

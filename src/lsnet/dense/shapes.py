@@ -62,6 +62,7 @@ import numpy as np
 from PIL import Image
 
 from ..engine.report import progress_bar
+from ..errors import ConfigError
 
 __all__ = [
     "ADE_CLASSES",
@@ -157,7 +158,7 @@ def _shape_mask(kind: str, h: int, w: int, cx: float, cy: float, r: float, theta
         verts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)
         inside = _polygon_inside(px, py, verts)
     else:  # pragma: no cover - internal misuse
-        raise ValueError(f"unknown shape kind {kind!r}")
+        raise ConfigError(f"unknown shape kind {kind!r}")
     mask[y0:y1, x0:x1] = inside
     return mask
 
@@ -328,10 +329,10 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
     mapping ``"train"``/``"val"`` to counts and paths.
     """
     if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        raise ConfigError(f"max_objects must be >= 1, got {max_objects}")
     (hmin, hmax), (wmin, wmax) = size_range
     if min(hmin, wmin) < 16 or hmin > hmax or wmin > wmax:
-        raise ValueError(f"size_range must be ((min_h, max_h), (min_w, max_w)) with sides >= 16, got {size_range}")
+        raise ConfigError(f"size_range must be ((min_h, max_h), (min_w, max_w)) with sides >= 16, got {size_range}")
     root = _output_root(root)
     coco_ann_dir = root / "coco" / "annotations"
     coco_ann_dir.mkdir(parents=True, exist_ok=True)
@@ -419,9 +420,9 @@ def make_shape_crops(root, *, num_train: int = 60000, num_val: int = 2000, seed:
     Returns ``{"root", "size", "splits": {split: {kind: count}}}``.
     """
     if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+        raise ConfigError(f"size must be at least 16 pixels, got {size}")
     if min(num_train, num_val) < 1:
-        raise ValueError(f"num_train and num_val must be at least 1, got {num_train} and {num_val}")
+        raise ConfigError(f"num_train and num_val must be at least 1, got {num_train} and {num_val}")
     root = _output_root(root)
     summary: dict = {"root": str(root), "size": size, "splits": {}}
     for split, split_index, n in (("train", 2, num_train), ("val", 3, num_val)):
@@ -502,7 +503,7 @@ def _output_root(root) -> Path:
     """``root`` as a Path, with a clear error when it exists but is not a folder."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file, not a folder: choose a folder to write the dataset into")
+        raise ConfigError(f"{root} is a file, not a folder: choose a folder to write the dataset into")
     return root
 
 

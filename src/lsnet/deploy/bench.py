@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from ..models import fuse as fuse_model
 from .compiled import compile_for_inference
 from .profile import count_macs
@@ -161,15 +162,15 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
     """Measure every configuration of ``cfg``; returns one result per (model, runtime, batch)."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
+        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     unknown = [m for m in cfg.modes if m not in RUNTIMES]
     if unknown or not cfg.modes:
-        raise ValueError(f"modes must be among {', '.join(RUNTIMES)}, got {', '.join(cfg.modes) or 'none'}")
+        raise ConfigError(f"modes must be among {', '.join(RUNTIMES)}, got {', '.join(cfg.modes) or 'none'}")
     entries = []  # (result, callable)
     tmp = tempfile.TemporaryDirectory(prefix="lsnet-bench-")
     try:

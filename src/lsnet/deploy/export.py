@@ -14,6 +14,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
+
 __all__ = ["ExportResult", "export_model", "export_onnx", "check_onnx", "FORMATS"]
 
 FORMATS = ("onnx", "torchscript", "torch-export")
@@ -85,7 +87,7 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike], fmt: str = "on
                  img_size: Tuple[int, int] = (224, 224), check: bool = True) -> ExportResult:
     """Export ``model`` (already fused and in eval mode) in ``fmt`` and check it against PyTorch."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
     model = model.eval().float()
     err = None

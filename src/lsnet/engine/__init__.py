@@ -1,7 +1,7 @@
-"""Training and evaluation: the paper's recipe (Table 10) from timm's parts."""
+"""The one training engine every task plugs into (:class:`Task`, :func:`fit`), and its parts:
+the base configuration, processes and devices, progress and metrics."""
 
-from .config import PRESETS, TrainConfig, resolve_config
-from .evaluate import evaluate
-from .train import DistillationLoss, TrainingError, train
+from .config import RunConfig
+from .loop import Run, Task, TrainingError, UpdateSchedule, fit, train_loader
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "train", "evaluate", "TrainingError", "DistillationLoss"]
+__all__ = ["RunConfig", "Run", "Task", "fit", "TrainingError", "UpdateSchedule", "train_loader"]

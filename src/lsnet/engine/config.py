@@ -1,218 +1,66 @@
-"""Training configuration: the paper's ImageNet recipe (Table 10) as defaults, and presets.
-
-The recipe is assembled from timm's parts (RandAugment, random erasing, mixup/cutmix,
-AdamW, cosine schedule with warm-up, adaptive gradient clipping, model EMA, repeated
-augmentation); this module only holds the numbers and resolves them for one run.
-"""
+"""The configuration every training run shares; each task's configuration extends it."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "add_train_arguments", "config_from_args"]
+from ..errors import ConfigError
+
+__all__ = ["RunConfig", "RESUME_OVERRIDABLE"]
+
+#: Options a resumed run may change without changing what the run computes.
+RESUME_OVERRIDABLE = ("epochs", "iters", "output", "resume", "stop_after", "device", "workers", "log_interval",
+                      "tensorboard", "overwrite")
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on. Defaults are the paper's Table 10 recipe."""
+class RunConfig:
+    """How a run executes and where it writes, whatever the task."""
 
-    model: str = "lsnet_t"
-    data: str = "digits"
-    output: str = "output/train"
-    preset: str = "imagenet"
-    num_classes: Optional[int] = None  # taken from the data when None
-    pretrained: Optional[str] = None  # initial weights (a file), classifier dropped if it does not fit
-    # schedule
-    epochs: int = 300
-    batch_size: int = 256  # per process; the paper's total is 2048 (8 GPUs x 256)
-    lr: Optional[float] = None  # absolute; None -> lr_base * total batch / 512
-    lr_base: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: int = 5
-    sched: str = "cosine"
-    opt: str = "adamw"
-    weight_decay: float = 0.025
-    clip_grad: Optional[float] = 0.02
-    clip_mode: str = "agc"
-    # data and augmentation
-    img_size: int = 224
-    crop_pct: float = 0.875  # evaluation: resize 256, centre crop 224
-    interpolation: str = "bicubic"
-    aa: Optional[str] = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    hflip: float = 0.5
-    scale: Tuple[float, float] = (0.08, 1.0)
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    smoothing: float = 0.1
-    repeated_aug: bool = True
-    drop_path: float = 0.0
-    # model EMA
-    model_ema: bool = True
-    model_ema_decay: float = 0.99996
-    # distillation
-    distillation: str = "none"  # none | hard | soft
-    teacher: str = "regnety_160"
-    teacher_checkpoint: Optional[str] = None
-    distillation_alpha: float = 0.5
-    distillation_tau: float = 1.0
-    # execution
+    output: str = "output/run"
+    overwrite: bool = False  # start a new run in a folder that holds another one
     device: str = "auto"
-    amp: Optional[str] = None  # None | bfloat16 | float16
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = 4
     seed: int = 0
     deterministic: bool = False
+    workers: int = 4
+    amp: Optional[str] = None  # None | bfloat16 | float16 (float16 uses a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"  # norm | value | agc (timm's dispatch_clip_grad)
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
     resume: Optional[str] = None
-    stop_after: Optional[int] = None  # end this invocation after that many epochs (schedule still spans epochs)
+    stop_after: Optional[int] = None  # end this invocation after that many epochs (the schedule is unchanged)
     log_interval: int = 20
     tensorboard: bool = False
-    eval_every: int = 1
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain, JSON-serialisable dictionary."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`, ignoring unknown keys."""
+    def from_dict(cls, values: Dict[str, Any]):
+        """Inverse of :meth:`to_dict`: JSON lists become tuples, unknown keys are dropped (a
+        checkpoint of an older version may carry options that no longer exist)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: (tuple(v) if k == "scale" and v is not None else v) for k, v in d.items() if k in names}
-        return cls(**kwargs)
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        return cls(**clean)
 
-
-# A preset overrides the recipe's defaults; flags given on the command line override both.
-PRESETS: Dict[str, Dict[str, Any]] = {
-    "imagenet": {},
-    # small datasets (e.g. the built-in digits): no repeated augmentation, lighter mixup,
-    # short schedule, no EMA over so few steps, no horizontal flip (mirrored digits differ)
-    "small": dict(epochs=15, batch_size=128, lr_base=8e-3, warmup_epochs=1, weight_decay=0.05, min_lr=1e-5,
-                  img_size=64, crop_pct=1.0, aa="rand-m6-mstd0.5-inc1", color_jitter=0.0, reprob=0.0, hflip=0.0,
-                  scale=(0.7, 1.0), mixup=0.0, cutmix=0.0, smoothing=0.1, repeated_aug=False, model_ema=False,
-                  clip_grad=0.02, workers=0, channels_last=True),
-}
-
-
-def _model_defaults(model: str) -> Dict[str, Any]:
-    # Table 10: weight decay 0.025 for LSNet-T and -S, 0.05 for -B
-    return {"weight_decay": 0.05} if model.startswith("lsnet_b") else {}
-
-
-def resolve_config(overrides: Dict[str, Any]) -> TrainConfig:
-    """Recipe defaults <- model-specific values <- preset <- explicit overrides.
-
-    ``overrides`` holds only what the user set; a preset defaults to ``small`` for the
-    built-in ``digits`` data and ``imagenet`` otherwise.
-    """
-    model = overrides.get("model", TrainConfig.model)
-    data = overrides.get("data", TrainConfig.data)
-    preset = overrides.get("preset") or ("small" if data == "digits" else "imagenet")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    values: Dict[str, Any] = {}
-    values.update(_model_defaults(model))
-    values.update(PRESETS[preset])
-    values.update(overrides)
-    values["preset"] = preset
-    cfg = TrainConfig(**values)
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-        (cfg.distillation in ("none", "hard", "soft"), "--distillation must be none, hard or soft"),
-        (cfg.amp in (None, "bfloat16", "float16"), f"--amp must be bfloat16 or float16, got {cfg.amp!r}"),
-        (0 <= cfg.distillation_alpha <= 1, "--distillation-alpha must lie in [0, 1]"),
-        (cfg.clip_mode in ("agc", "norm", "value"), "--clip-mode must be agc, norm or value"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-def total_lr(cfg: TrainConfig, world_size: int) -> float:
-    """The learning rate for this run: ``--lr``, or lr_base x total batch / 512 (4e-3 at 2048)."""
-    if cfg.lr is not None:
-        return cfg.lr
-    return cfg.lr_base * cfg.batch_size * world_size / 512
-
-
-# ----- command line ------------------------------------------------------------------------
-
-def _optional_float(text: str) -> Optional[float]:
-    return 0.0 if text.lower() in ("none", "off") else float(text)
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``lsnet train`` (timm's train.py names where one exists). All default to None so
-    that only what the user sets overrides the preset."""
-    p.add_argument("--model", help="timm model name (default lsnet_t)")
-    p.add_argument("--data", help="ImageFolder root with train/ and val/, or 'digits' (default)")
-    p.add_argument("--output", help="run directory (default output/train)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="'small' (default for digits) or 'imagenet'")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--pretrained", help="initial weights file (release .pth, ours, .safetensors)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("-b", "--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float, help="absolute learning rate (default: lr-base x total batch / 512)")
-    p.add_argument("--lr-base", type=float)
-    p.add_argument("--min-lr", type=float)
-    p.add_argument("--warmup-lr", type=float)
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--sched", choices=["cosine", "step", "plateau", "poly", "tanh", "multistep"])
-    p.add_argument("--opt", help="timm optimizer name (default adamw)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--clip-grad", type=_optional_float, help="clipping threshold, or 'none'")
-    p.add_argument("--clip-mode", choices=["agc", "norm", "value"])
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--crop-pct", type=float)
-    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"])
-    p.add_argument("--aa", help="RandAugment policy, or 'none'")
-    p.add_argument("--color-jitter", type=float)
-    p.add_argument("--reprob", type=float, help="random erasing probability")
-    p.add_argument("--hflip", type=float)
-    p.add_argument("--mixup", type=float)
-    p.add_argument("--cutmix", type=float)
-    p.add_argument("--smoothing", type=float)
-    p.add_argument("--repeated-aug", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--drop-path", type=float)
-    p.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--model-ema-decay", type=float)
-    p.add_argument("--distillation", dest="distillation", choices=["none", "hard", "soft"])
-    p.add_argument("--teacher", help="timm model name of the teacher (default regnety_160)")
-    p.add_argument("--teacher-checkpoint", help="teacher weights file")
-    p.add_argument("--distillation-alpha", type=float)
-    p.add_argument("--distillation-tau", type=float)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast dtype")
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("-j", "--workers", type=int, help="data loader processes")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", default=None)
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. OUTPUT/last.pth)")
-    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
-                   help="end this invocation after EPOCHS more epochs (the schedule still spans --epochs); "
-                        "continue later with --resume")
-    p.add_argument("--log-interval", type=int)
-    p.add_argument("--tensorboard", action="store_true", default=None)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Resolve the configuration from parsed ``lsnet train`` flags."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if isinstance(overrides.get("aa"), str) and overrides["aa"].lower() == "none":
-        overrides["aa"] = None
-    return resolve_config(overrides)
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first option that cannot be used."""
+        checks = [
+            (self.amp in (None, "bfloat16", "float16"), f"--amp must be bfloat16 or float16, got {self.amp!r}"),
+            (self.clip_mode in ("agc", "norm", "value"), f"--clip-mode must be agc, norm or value, got "
+                                                         f"{self.clip_mode!r}"),
+            (self.clip_grad is None or self.clip_grad >= 0, f"--clip-grad must be >= 0, got {self.clip_grad}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.stop_after is None or self.stop_after >= 1, f"--stop-after must be at least 1, got "
+                                                              f"{self.stop_after}"),
+            (0 < self.model_ema_decay < 1, f"--model-ema-decay must lie in (0, 1), got {self.model_ema_decay}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup"]
 
 
@@ -35,7 +37,7 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} was asked for but CUDA is not available")
+            raise ConfigError(f"--device {name} was asked for but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

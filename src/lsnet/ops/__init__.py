@@ -1,7 +1,8 @@
 """Operators of LS convolution. Importing this package needs neither Triton nor CUDA."""
 
-from .ska import (SKA, check_ska_shapes, register_ska_backend, ska, ska_backend, ska_functional, ska_reference,
-                  ska_shift)
+from .backends import register_ska_backend, ska_backend
+from .checks import check_ska_shapes
+from .ska import SKA, ska, ska_functional, ska_reference, ska_shift
 
 __all__ = ["SKA", "ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend",
            "ska_backend"]

@@ -21,41 +21,17 @@ Two CPU implementations live here:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .backends import backend_for, register_ska_backend, ska_backend
+from .checks import check_ska_shapes
+
 __all__ = ["ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend", "ska_backend", "SKA"]
-
-
-def check_ska_shapes(x: torch.Tensor, w: torch.Tensor) -> int:
-    """Validate ``x`` (N, C, H, W) against ``w`` (N, Cw, K*K, H, W) and return K.
-
-    Raises ``ValueError`` naming both shapes when they do not fit together.
-    """
-    got = f"got x of shape {tuple(x.shape)} and w of shape {tuple(w.shape)}"
-    if x.dim() != 4:
-        raise ValueError(f"ska: x must be 4-D (N, C, H, W); {got}")
-    if w.dim() != 5:
-        raise ValueError(f"ska: w must be 5-D (N, Cw, K*K, H, W); {got}")
-    n, c, h, wd = x.shape
-    if w.shape[0] != n or w.shape[3] != h or w.shape[4] != wd:
-        raise ValueError(f"ska: x and w must agree on N, H and W; {got}")
-    cw, kk = w.shape[1], w.shape[2]
-    if cw == 0 or c % cw != 0:
-        raise ValueError(f"ska: the channels of x (C={c}) must be a multiple of w's Cw={cw}; {got}")
-    k = math.isqrt(kk)
-    if k * k != kk or k % 2 == 0:
-        raise ValueError(f"ska: w's third dimension must be K*K for an odd K (9, 25, ...), not {kk}; {got}")
-    if x.dtype != w.dtype:
-        raise ValueError(f"ska: x and w must have the same dtype, got {x.dtype} and {w.dtype}")
-    if x.device != w.device:
-        raise ValueError(f"ska: x and w must be on the same device, got {x.device} and {w.device}")
-    return k
 
 
 def ska_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -257,30 +233,6 @@ def ska_shift(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _ska_cpu(x, w, check_ska_shapes(x, w))
 
 
-# Device type -> implementation. Other modules (e.g. the Triton kernels) register here,
-# so that importing lsnet never needs them.
-_BACKENDS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-
-
-def register_ska_backend(device_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Use ``fn(x, w)`` for SKA on tensors of ``device_type`` (e.g. ``"cuda"``)."""
-    _BACKENDS[device_type] = fn
-
-
-@contextlib.contextmanager
-def ska_backend(device_type: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """Temporarily route SKA on ``device_type`` to ``fn`` (e.g. to benchmark the reference)."""
-    previous = _BACKENDS.get(device_type)
-    _BACKENDS[device_type] = fn
-    try:
-        yield
-    finally:
-        if previous is None:
-            _BACKENDS.pop(device_type, None)
-        else:
-            _BACKENDS[device_type] = previous
-
-
 def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Small-kernel aggregation ``y = SKA(x, w)``; see the module docstring for the definition.
 
@@ -293,28 +245,10 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and torch.compiler.is_compiling() and not exporting:
             return torch.ops.lsnet.ska_cpu(x, w)
         return ska_functional(x, w)  # export, ONNX, and inductor on GPUs see plain ops
-    fn = _BACKENDS.get(x.device.type)
-    if fn is None and x.device.type == "cuda":
-        fn = _load_triton_backend()
+    fn = backend_for(x.device.type) if x.device.type != "cpu" else None
     if fn is not None:
         return fn(x, w)
     return _ska_cpu(x, w, k)
-
-
-_TRITON_TRIED = False
-
-
-def _load_triton_backend():
-    """Register the Triton kernels for CUDA on first use; None (shift path) without Triton."""
-    global _TRITON_TRIED
-    if not _TRITON_TRIED:
-        _TRITON_TRIED = True
-        try:
-            from .ska_triton import ska_triton  # noqa: WPS433 - optional dependency
-        except ImportError:
-            return None
-        register_ska_backend("cuda", ska_triton)
-    return _BACKENDS.get("cuda")
 
 
 class SKA(torch.nn.Module):

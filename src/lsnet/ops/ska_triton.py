@@ -28,6 +28,8 @@ Triton interpreter and :func:`ska_triton` also accepts CPU tensors (used by the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -39,7 +41,8 @@ except ImportError:
 except Exception as exc:  # a broken Triton install must look like a missing one to the caller
     raise ImportError(f"lsnet.ops.ska_triton: Triton failed to import: {exc!r}") from exc
 
-from .ska import check_ska_shapes
+from .backends import register_ska_backend
+from .checks import check_ska_shapes
 
 __all__ = ["ska_triton", "SKATriton"]
 
@@ -225,11 +228,11 @@ def _grad_w(gy: torch.Tensor, x: torch.Tensor, w_shape, k: int, w_dtype: torch.d
 
 
 class SKATriton(torch.autograd.Function):
-    """Autograd wrapper of the Triton SKA kernels (inputs made contiguous here)."""
+    """Autograd wrapper of the Triton SKA kernels (inputs made contiguous here; shapes checked
+    by the caller, K given)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        k = check_ska_shapes(x, w)
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
         if x.dtype not in _SUPPORTED:
             raise TypeError(f"ska_triton: unsupported dtype {x.dtype}; use float32, float16 or bfloat16")
         _check_device(x)
@@ -248,7 +251,7 @@ class SKATriton(torch.autograd.Function):
         gy = gy.contiguous()
         grad_x = _grad_x(gy, w, ctx.k, x.dtype) if need_x else None
         grad_w = _grad_w(gy, x, w.shape, ctx.k, w.dtype) if need_w else None
-        return grad_x, grad_w
+        return grad_x, grad_w, None
 
 
 def ska_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -256,4 +259,12 @@ def ska_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     Differentiable in both arguments; returns a contiguous tensor of ``x``'s dtype.
     """
-    return SKATriton.apply(x, w)
+    return SKATriton.apply(x, w, check_ska_shapes(x, w))
+
+
+def _ska_triton_checked(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The registered backend: :func:`lsnet.ops.ska` has checked the shapes already."""
+    return SKATriton.apply(x, w, math.isqrt(w.shape[2]))
+
+
+register_ska_backend("cuda", _ska_triton_checked)

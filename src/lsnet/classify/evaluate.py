@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import DistInfo, all_reduce_sum
+from ..engine.distributed import DistInfo, all_reduce_sum
+from ..engine.loop import autocast_context
 
-__all__ = ["evaluate", "autocast_context", "split_for_rank"]
-
-
-def autocast_context(device: torch.device, amp: Optional[str]):
-    """``torch.autocast`` for ``amp`` ('bfloat16' / 'float16'), or nothing."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, amp))
-
-
-def split_for_rank(n: int, info: DistInfo) -> list:
-    """Indices of the samples this process evaluates: every world_size-th, no padding, so that
-    the summed counts are exact."""
-    return list(range(info.rank, n, info.world_size))
+__all__ = ["evaluate"]
 
 
 @torch.no_grad()
