@@ -212,13 +212,18 @@ def _folder(root: Path, classes=("cat", "dog"), per_class=6, size=72):
 def test_corrupt_images_are_skipped_and_counted(tmp_path, capsys):
     root = _folder(tmp_path / "data")
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (root / "val" / "dog" / "0b.png").write_bytes(b"nor is this a png")  # sorts among the samples
     out = tmp_path / "run"
     assert main(["train", "--model", "lsnet_test", "--data", str(root), "--preset", "small", "--epochs", "1",
                  "--batch-size", "4", "--img-size", "64", "--output", str(out)]) == 0
     captured = capsys.readouterr()
     assert "unreadable image(s) skipped" in captured.err
+    assert "1 unreadable validation image(s) left out" in captured.err
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert record["skipped_images"] == 1
+    assert record["skipped_images"] == 1 and record["val_skipped_images"] == 1
+    assert record["val_count"] == 12  # scored on the 12 readable images, none counted twice
+    samples = sorted((out / "samples").glob("*.png"))  # the run still ends by writing its samples
+    assert len(samples) == 8 and not any("0b" in p.name for p in samples)
 
 
 @pytest.mark.parametrize("breakage,message", [

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..engine.distributed import DistInfo
+from ..engine.distributed import DistInfo, all_reduce_sum
+from ..engine.inference import preprocessing_record
 from ..engine.loop import Run, Task, fit, split_for_rank, train_loader
 from ..errors import ConfigError
 from ..models.checkpoint import load_checkpoint
@@ -174,7 +175,20 @@ class ClassificationTask(Task):
         return self.criterion(outputs, targets), images.shape[0]
 
     def evaluate(self, run: Run, model: nn.Module) -> Dict[str, Any]:
-        return evaluate(model, self.val_loader, run.device, run.info, self.cfg.amp, self.cfg.channels_last)
+        from ..data import ReadableBatches
+
+        val = self.splits.val
+        if hasattr(val, "reset_skipped"):
+            val.reset_skipped()
+        res = evaluate(model, ReadableBatches(self.val_loader), run.device, run.info, self.cfg.amp,
+                       self.cfg.channels_last)
+        skipped = val.skipped_files() if hasattr(val, "skipped_files") else []
+        # each process counts the files of its own share
+        count = int(all_reduce_sum(torch.tensor([len(skipped)], dtype=torch.float64), run.info).item())
+        if count and run.info.is_main:  # left out of the metrics, never replaced by other images
+            logger.warning(f"{count} unreadable validation image(s) left out of the metrics"
+                           + (f", e.g. {skipped[0]}" if skipped else ""))
+        return {**res, "skipped_images": count}
 
     def format_metrics(self, metrics: Dict[str, Any], prefix: str = "val") -> str:
         return f"{prefix} top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%"
@@ -189,11 +203,10 @@ class ClassificationTask(Task):
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         cfg = self.cfg
+        # build_transforms normalises with timm's ImageNet defaults
         return {"arch": cfg.model,
-                "data_config": {"input_size": (3, cfg.img_size, cfg.img_size), "interpolation": cfg.interpolation,
-                                "crop_pct": cfg.crop_pct, "crop_mode": "center",
-                                # build_transforms normalises with timm's ImageNet defaults
-                                "mean": tuple(IMAGENET_DEFAULT_MEAN), "std": tuple(IMAGENET_DEFAULT_STD)}}
+                "preprocessing": preprocessing_record(cfg.img_size, cfg.crop_pct, cfg.interpolation,
+                                                      IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)}
 
     def finish(self, run: Run) -> None:
         _write_samples(self.splits, run.out)
@@ -202,29 +215,21 @@ class ClassificationTask(Task):
 def _val_loader(dataset, cfg: TrainConfig, info: DistInfo):
     from torch.utils.data import DataLoader, Subset
 
+    from ..data import collate_readable
+
     val_set = Subset(dataset, split_for_rank(len(dataset), info)) if info.enabled else dataset
     return DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), collate_fn=collate_readable)
 
 
 def _write_samples(splits, out: Path, count: int = 8) -> None:
-    """Save a few held-out validation images as PNG files, for ``lsnet predict`` to try."""
-    if not hasattr(splits.val, "image"):
+    """Save a few readable held-out validation images as PNG files, for ``lsnet predict`` to try."""
+    if not hasattr(splits.val, "sample_images"):
         return
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    step = max(len(splits.val) // count, 1)
-    written = 0
-    for i in range(0, len(splits.val), step):
-        if written == count:
-            break
-        try:
-            image = splits.val.image(i)
-        except (OSError, ValueError):  # an unreadable validation file: take the next one
-            continue
-        label = splits.class_names[splits.val.targets[i]]
-        image.save(folder / f"val{i:04d}_label{label}.png")
-        written += 1
+    for i, image in splits.val.sample_images(count):
+        image.save(folder / f"val{i:04d}_label{splits.class_names[splits.val.targets[i]]}.png")
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:

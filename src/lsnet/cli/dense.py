@@ -219,7 +219,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     import torchvision.transforms.functional as TF
 
-    from ..data import DataError, list_images, load_image, output_names
+    from ..data import ReadableImages, list_images, output_names
     from ..dense import visualize as V
     from ..engine.distributed import DistInfo, resolve_device
     from ..errors import ConfigError
@@ -233,14 +233,10 @@ def run_predict(args: argparse.Namespace) -> int:
     paths = list_images(args.images)
     device = resolve_device(args.device, DistInfo())
     model, cfg, names = _load(args.checkpoint, device, args.task)
-    failures = 0
-    for path, stem in zip(paths, output_names(paths)):
-        try:
-            image = load_image(path)
-        except DataError as err:
-            log.warning("%s: skipped: %s", path, err)
-            failures += 1
-            continue
+    stems = dict(zip(paths, output_names(paths)))
+    images = ReadableImages(paths)
+    for path, image in images:
+        stem = stems[path]
         x = TF.to_tensor(image).to(device)
         with torch.no_grad():
             if cfg.task == "detect":
@@ -256,6 +252,6 @@ def run_predict(args: argparse.Namespace) -> int:
         png = V.save_png(drawn, out / f"{stem}_pred.png")
         V.save_json(data, out / f"{stem}_pred.json")
         print(f"{path}: {summary} -> {png}")
-    if failures:
-        log.warning("%d of %d image(s) could not be read", failures, len(paths))
-    return 1 if failures else 0
+    if images.failures:
+        log.warning("%d of %d image(s) could not be read", images.failures, len(paths))
+    return 1 if images.failures else 0

@@ -38,7 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _CLIHandler(logging.StreamHandler):
-    """Messages of the ``lsnet`` loggers on stderr: plain for information, prefixed otherwise."""
+    """Messages of the ``lsnet`` loggers on stderr: plain for information, prefixed otherwise.
+    The stream is looked up at each message, so a replaced ``sys.stderr`` (tests, notebooks)
+    is followed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always follows sys.stderr
+        pass
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
@@ -52,7 +62,7 @@ def configure_logging(verbose: int = 0, quiet: int = 0) -> None:
     root = logging.getLogger("lsnet")
     for handler in [h for h in root.handlers if isinstance(h, _CLIHandler)]:
         root.removeHandler(handler)
-    root.addHandler(_CLIHandler(sys.stderr))
+    root.addHandler(_CLIHandler())
     level = logging.INFO - 10 * verbose + 10 * quiet
     root.setLevel(max(min(level, logging.ERROR), logging.DEBUG))
     root.propagate = False

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Classify every image and print its top-k; 1 when some image could not be read."""
-    from ..data import DataError, list_images, load_image
+    from ..data import ReadableImages, list_images
     from ..engine.inference import check_options, load_for_inference
 
     check_options(img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation, topk=args.topk)
@@ -37,14 +37,8 @@ def run(args: argparse.Namespace) -> int:
     tf = im.transform()
     names = im.class_names
     k = min(args.topk, len(names))
-    failures = 0
-    for path in paths:
-        try:
-            image = load_image(path)
-        except DataError as err:
-            logger.warning("%s: skipped: %s", path, err)
-            failures += 1
-            continue
+    images = ReadableImages(paths)
+    for path, image in images:
         with torch.no_grad():
             logits = im.model(tf(image).unsqueeze(0))
         if isinstance(logits, (tuple, list)):  # distillation heads outside eval mode
@@ -53,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}:")
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
             print(f"  {names[i]:>24s}  {100 * p:6.2f}%")
-    if failures:
-        logger.warning("%d of %d image(s) could not be read", failures, len(paths))
-    return 1 if failures else 0
+    if images.failures:
+        logger.warning("%d of %d image(s) could not be read", images.failures, len(paths))
+    return 1 if images.failures else 0

@@ -24,34 +24,14 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from . import folder
 from .digits import DIGITS_CLASS_NAMES, DIGITS_IMAGE_SIZE, DigitsDataset, build_digits_splits
-from .folder import (IMG_EXTENSIONS, DataError, DataFileNotFoundError, ImageFolderDataset, ReadableBatches,
-                     collate_readable, is_image_file, list_images, load_image, output_names, scan_image_folder,
-                     to_rgb)
+from .folder import *  # noqa: F403  (the names listed in folder.__all__)
+from .folder import ImageFolderDataset, scan_image_folder
 from .transforms import ToRGB, build_transforms
 
-__all__ = [
-    "DIGITS_CLASS_NAMES",
-    "DIGITS_IMAGE_SIZE",
-    "IMG_EXTENSIONS",
-    "DataError",
-    "DataFileNotFoundError",
-    "DatasetSplits",
-    "DigitsDataset",
-    "ImageFolderDataset",
-    "ReadableBatches",
-    "ToRGB",
-    "build_datasets",
-    "build_eval_dataset",
-    "build_transforms",
-    "collate_readable",
-    "is_image_file",
-    "list_images",
-    "load_image",
-    "output_names",
-    "scan_image_folder",
-    "to_rgb",
-]
+__all__ = [*folder.__all__, "DIGITS_CLASS_NAMES", "DIGITS_IMAGE_SIZE", "DatasetSplits", "DigitsDataset", "ToRGB",
+           "build_datasets", "build_eval_dataset", "build_transforms"]
 
 
 @dataclass

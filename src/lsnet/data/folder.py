@@ -74,6 +74,7 @@ __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolderDataset",
     "ReadableBatches",
+    "ReadableImages",
     "collate_readable",
     "is_image_file",
     "list_images",
@@ -175,6 +176,28 @@ def load_image(path: str | os.PathLike, context: str = "") -> Image.Image:
         return _open_rgb(p)
     except _DECODE_ERRORS as err:
         raise DataError(f"{p} is not an image that PIL can read{context} ({type(err).__name__}: {err})") from err
+
+
+class ReadableImages:
+    """Iterate ``(path, RGB image)`` over ``paths``, logging and counting (``failures``) the
+    files that cannot be read instead of stopping: the image loop of every ``predict``."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = list(paths)
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self):
+        for path in self.paths:
+            try:
+                image = load_image(path)
+            except DataError as err:
+                logger.warning("%s: skipped: %s", path, err)
+                self.failures += 1
+                continue
+            yield path, image
 
 
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:

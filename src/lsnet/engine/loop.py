@@ -131,30 +131,15 @@ class UpdateSchedule:
         """Nothing to restore (see :meth:`state_dict`)."""
 
 
-class _EpochShuffle(torch.utils.data.Sampler):
-    """A shuffle that depends only on (seed, epoch), so that a resumed run sees the batches an
-    uninterrupted one would."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def train_loader(dataset, batch_size: int, cfg: RunConfig, info: DistInfo, collate_fn=None,
                  repeated_aug: bool = False) -> torch.utils.data.DataLoader:
-    """The training loader of every task: a seeded per-epoch shuffle (timm's repeated-augmentation
-    sampler when asked, DistributedSampler under torchrun), full batches only."""
+    """The training loader of every task, full batches only, shuffled so that each epoch's
+    order depends only on (seed, epoch) and a resumed run sees the batches an uninterrupted one
+    would: the loader's own generator, re-seeded by :func:`seed_epoch` (one process), timm's
+    repeated-augmentation sampler when asked, or DistributedSampler (torchrun)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
+    sampler, generator = None, None
     if repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
 
@@ -163,13 +148,21 @@ def train_loader(dataset, batch_size: int, cfg: RunConfig, info: DistInfo, colla
         sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)
     else:
-        sampler = _EpochShuffle(len(dataset), cfg.seed)
-    per_process = len(sampler)
+        generator = torch.Generator().manual_seed(cfg.seed)
+    per_process = len(sampler) if sampler is not None else len(dataset)
     if per_process < batch_size:
         raise UserError(f"--batch-size {batch_size} is larger than the {per_process} training images per process")
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=cfg.workers > 0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=sampler is None, generator=generator,
+                      num_workers=cfg.workers, drop_last=True, collate_fn=collate_fn,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0)
+
+
+def seed_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int) -> None:
+    """Make the shuffle of ``epoch`` a function of (seed, epoch) only."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
 # ----- checkpoints and the run folder ---------------------------------------------------------
@@ -430,8 +423,7 @@ def _fit(task: Task, cfg: RunConfig, info: DistInfo) -> Dict[str, Any]:
     with stop.installed():
         while state.epoch < end_epoch and (max_updates is None or state.num_updates < max_updates):
             epoch = state.epoch
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+            seed_epoch(loader, epoch, cfg.seed)
             if hasattr(task.train_dataset, "reset_skipped"):
                 task.train_dataset.reset_skipped()
             updates_at_start = state.num_updates

@@ -1,0 +1,197 @@
+"""The shared training engine on a small task of its own (a linear classifier of random
+points), and the run-folder rules every task inherits through it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lsnet.cli.main import main
+from lsnet.engine import RunConfig, Task, TrainingError, UpdateSchedule, fit, train_loader
+from lsnet.engine.loop import check_output_dir, resume_overrides
+from lsnet.errors import UserError
+
+
+@dataclass
+class PointsConfig(RunConfig):
+    epochs: int = 4
+    lr: float = 0.1
+    batch_size: int = 16
+    workers: int = 0
+    poison_after: int = -1  # updates after which the loss becomes NaN (-1: never)
+
+
+class Points(torch.utils.data.Dataset):
+    def __init__(self, n=96, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x[:, 0] + 0.5 * self.x[:, 1] > 0).long()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class PointsTask(Task):
+    kind = "points"
+    best_key = "accuracy"
+
+    def setup(self, run):
+        self.train_dataset, self.val = Points(), Points(48, seed=1)
+        self.class_names = ["no", "yes"]
+        self.updates = 0
+
+    def build_model(self, run):
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
+
+    def build_loader(self, run):
+        return train_loader(self.train_dataset, self.cfg.batch_size, self.cfg, run.info)
+
+    def build_optimizer(self, run, model):
+        return torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=0.9)
+
+    def build_scheduler(self, run, optimizer, updates_per_epoch):
+        total = self.cfg.epochs * updates_per_epoch
+        return UpdateSchedule(optimizer, lambda it: 1 - it / total)
+
+    def schedule(self, updates_per_epoch):
+        return self.cfg.epochs, None
+
+    def loss(self, run, model, batch):
+        x, y = batch
+        self.updates += 1
+        loss = F.cross_entropy(model(x), y)
+        if 0 <= self.cfg.poison_after < self.updates:
+            loss = loss * float("nan")
+        return loss, len(x)
+
+    def evaluate(self, run, model):
+        model.eval()
+        with torch.no_grad():
+            acc = (model(self.val.x).argmax(1) == self.val.y).float().mean().item()
+        return {"accuracy": acc}
+
+
+def _cfg(tmp_path, **kw):
+    return PointsConfig(output=str(tmp_path / "run"), **kw)
+
+
+def test_fit_trains_writes_the_run_and_keeps_the_best(tmp_path):
+    res = fit(PointsTask(_cfg(tmp_path)))
+    out = tmp_path / "run"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3] and records[-1]["iteration"] == 4 * 6
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert res["best_value"] == max(r["val_accuracy"] for r in records) and res["best_value"] > 0.8
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["best"]["accuracy"] == res["best_value"] and best["task"] == "points"
+    assert json.loads((out / "config.json").read_text())["task"] == "points"
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_equals_a_straight_run(tmp_path):
+    fit(PointsTask(_cfg(tmp_path / "a")))
+    fit(PointsTask(_cfg(tmp_path / "b", stop_after=2)))
+    assert torch.load(tmp_path / "b" / "run" / "last.pth", weights_only=True)["epoch"] == 1
+    fit(PointsTask(_cfg(tmp_path / "b", resume=str(tmp_path / "b" / "run" / "last.pth"))))
+    a, b = (torch.load(p / "run" / "last.pth", weights_only=True) for p in (tmp_path / "a", tmp_path / "b"))
+    assert a["num_updates"] == b["num_updates"] == 24
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, msg=k)
+
+
+def test_resume_continues_the_run_with_its_configuration_and_folder(tmp_path):
+    fit(PointsTask(_cfg(tmp_path, epochs=7, lr=0.05, stop_after=1)))
+    last = str(tmp_path / "run" / "last.pth")
+    values = resume_overrides({"resume": last}, "points")
+    assert (values["epochs"], values["lr"], values["output"]) == (7, 0.05, str(tmp_path / "run"))
+    values = resume_overrides({"resume": last, "epochs": 9}, "points")
+    assert values["epochs"] == 9  # an option given on resume wins
+    with pytest.raises(TrainingError, match="points checkpoint, not a classify"):
+        resume_overrides({"resume": last}, "classify")
+
+
+def test_a_folder_holding_another_run_is_refused_unless_overwrite(tmp_path):
+    fit(PointsTask(_cfg(tmp_path, epochs=1)))
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    with pytest.raises(TrainingError, match="holds another run"):
+        fit(PointsTask(_cfg(tmp_path, epochs=2)))
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before
+    res = fit(PointsTask(_cfg(tmp_path, epochs=2, overwrite=True)))
+    assert res["epochs"] == 2
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 2  # the old run's log was not continued
+
+
+def test_output_that_is_a_file_or_unwritable_stops_before_anything(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(TrainingError, match="is a file"):
+        check_output_dir(a_file, None, False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+            pytest.skip("permissions are not enforced for this user")
+        with pytest.raises(TrainingError, match="not writable"):
+            check_output_dir(locked / "run", None, False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 3"):
+        fit(PointsTask(_cfg(tmp_path, poison_after=8)))
+    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_a_full_disk_is_reported_in_one_line(tmp_path, monkeypatch):
+    import lsnet.engine.loop as loop
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(loop.torch, "save", full)
+    with pytest.raises(TrainingError, match="could not write .*last.pth.*disk full"):
+        fit(PointsTask(_cfg(tmp_path, epochs=1)))
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    assert main(["train", "--model", "lsnet_t", "--data", str(tmp_path / "nowhere"), "--output",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # a run that stops on bad data leaves no folder
+
+    import lsnet.classify.task as task
+
+    def broken(cfg, num_classes):
+        raise KeyError("a bug inside the model")
+
+    monkeypatch.setattr(task, "build_model", broken)
+    with pytest.raises(KeyError, match="a bug inside the model"):
+        main(["train", "--model", "lsnet_t", "--epochs", "1", "--output", str(tmp_path / "p")])
+    assert issubclass(TrainingError, UserError)
+
+
+def test_logging_levels_from_the_command_line(tmp_path, capsys):
+    import logging
+
+    main(["-q", "info", "--models", "lsnet_t"])
+    assert logging.getLogger("lsnet").level == logging.WARNING
+    main(["-v", "info", "--models", "lsnet_t"])
+    assert logging.getLogger("lsnet").level == logging.DEBUG
+    main(["info", "--models", "lsnet_t"])
+    assert logging.getLogger("lsnet").level == logging.INFO
