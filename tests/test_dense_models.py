@@ -54,7 +54,7 @@ def test_retinanet_losses_and_outputs(sizes):
     assert set(losses) == {"classification", "bbox_regression"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
-    assert model.backbone.lateral[0].weight.grad is not None
+    assert model.backbone.neck.inner_blocks[0][0].weight.grad is not None
     with torch.no_grad():
         out = model.eval()(images)
     assert len(out) == len(images) and all(set(o) == {"boxes", "scores", "labels"} for o in out)
@@ -184,7 +184,7 @@ def test_frozen_backbone_keeps_weights_and_adapts_statistics_only_when_asked(fro
         assert all(m.training for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d))
     else:
         assert moved == []
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.lateral.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.neck.parameters())
 
 
 def test_frozen_norm_and_stages_are_checked():
@@ -293,3 +293,40 @@ def test_semantic_fpn_channels_last_gives_the_same_logits():
         model = model.to(memory_format=torch.channels_last)
         out = model(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_neck_is_torchvisions_fpn_and_reads_checkpoints_of_the_earlier_neck():
+    """The neck is torchvision's FeaturePyramidNetwork; a state dict with the earlier neck's
+    names (lateral / output / extra_top / extra_trans) loads strictly and gives the same maps."""
+    from torchvision.ops import FeaturePyramidNetwork
+
+    fpn = LSNetFPN(LSNetBackbone("lsnet_t"), 32, extra_top=1, extra_trans=1).eval()
+    assert isinstance(fpn.neck, FeaturePyramidNetwork)
+    old = {}
+    for key, value in fpn.state_dict().items():
+        for new, was, wrapped in (("neck.inner_blocks.", "lateral.", True), ("neck.layer_blocks.", "output.", True),
+                                  ("neck.extra_blocks.top.", "extra_top.", False),
+                                  ("neck.extra_blocks.below.", "extra_trans.", False)):
+            if key.startswith(new):
+                index, rest = key[len(new):].split(".", 1)
+                key = was + index + "." + (rest[2:] if wrapped else rest)
+                break
+        old[key] = value.clone()
+    assert "lateral.0.weight" in old and "extra_trans.0.0.weight" in old
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        want = [v.clone() for v in fpn(x).values()]
+        for p in fpn.neck.parameters():
+            p.zero_()
+        fpn.load_state_dict(old)
+        got = list(fpn(x).values())
+    assert [g.shape[-1] for g in got] == [128 // s for s in fpn.strides]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_frozen_stages_come_from_the_backbones_stages():
+    bb = LSNetBackbone("lsnet_t", frozen_stages=2)
+    stages = bb.body.model.stages
+    assert all(not p.requires_grad for s in stages[:2] for p in s.parameters())
+    assert all(p.requires_grad for s in stages[2:] for p in s.parameters())

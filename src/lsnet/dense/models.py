@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
 from ..errors import ConfigError
 
@@ -68,7 +69,7 @@ class LSNetBackbone(nn.Module):
         net = self.body.model
         if self.frozen_stages < 0:
             return []
-        return [net.patch_embed] + [getattr(net, f"blocks{i + 1}") for i in range(self.frozen_stages)]
+        return [net.patch_embed, *net.stages[:self.frozen_stages]]
 
     def _freeze(self) -> None:
         for module in self._frozen_modules():
@@ -90,17 +91,42 @@ class LSNetBackbone(nn.Module):
         return self.body(x)
 
 
+class _ExtraLevels(ExtraFPNBlock):
+    """The levels the release adds to the four FPN outputs, as one torchvision extra block:
+    above, stride-2 3x3 convs (the first on the last backbone feature, further ones on the
+    previous level after ReLU); below, a 2x2 stride-2 transposed conv on the finest map
+    followed by a 3x3 conv (the release's ``num_extra_trans_convs``; torchvision has none)."""
+
+    def __init__(self, last_channels: int, out_channels: int, top: int, below: int):
+        super().__init__()
+        self.top = nn.ModuleList(
+            nn.Conv2d(last_channels if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
+            for i in range(top))
+        self.below = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2),
+                          nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            for _ in range(below))
+
+    def forward(self, results: List[torch.Tensor], x: List[torch.Tensor], names: List[str]):
+        results = list(results)
+        for i, conv in enumerate(self.top):
+            results.append(conv(x[-1] if i == 0 else F.relu(results[-1])))
+        for trans in self.below:
+            results.insert(0, trans(results[0]))
+        return results, [str(i) for i in range(len(results))]
+
+
 class LSNetFPN(nn.Module):
-    """Backbone + FPN returning an ``OrderedDict`` of 256-channel maps, as torchvision's
-    detectors expect (``out_channels`` attribute).
+    """Backbone + FPN returning an ``OrderedDict`` of ``out_channels``-wide maps named "0",
+    "1", ... from the finest, as torchvision's detectors expect (``out_channels`` attribute).
+    The neck is torchvision's ``FeaturePyramidNetwork`` (its top-down pathway upsamples to
+    each lateral's exact size) with :class:`_ExtraLevels` for the release's extra levels.
 
     Args:
         backbone: an :class:`LSNetBackbone`.
         out_channels: FPN width (256).
-        extra_top: levels added above stride 64 with stride-2 3x3 convs (RetinaNet: 1, the
-            first on the last backbone feature, further ones on the previous level after ReLU).
-        extra_trans: levels added below stride 8 with 2x2 stride-2 transposed convs on the
-            finest FPN map, each followed by a 3x3 output conv (Mask R-CNN, Semantic FPN: 1).
+        extra_top: levels added above the last stride (RetinaNet: 1).
+        extra_trans: levels added below the first stride (Mask R-CNN, Semantic FPN: 1).
     """
 
     def __init__(self, backbone: LSNetBackbone, out_channels: int = 256, extra_top: int = 0, extra_trans: int = 0):
@@ -108,39 +134,45 @@ class LSNetFPN(nn.Module):
         self.backbone = backbone
         self.out_channels = out_channels
         chans = backbone.channels
-        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in chans)
-        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in chans)
-        self.extra_top = nn.ModuleList(
-            nn.Conv2d(chans[-1] if i == 0 else out_channels, out_channels, 3, stride=2, padding=1)
-            for i in range(extra_top))
-        self.extra_trans = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2),
-                          nn.Conv2d(out_channels, out_channels, 3, padding=1))
-            for _ in range(extra_trans))
+        rng = torch.get_rng_state()
+        self.neck = FeaturePyramidNetwork(chans, out_channels,
+                                          extra_blocks=_ExtraLevels(chans[-1], out_channels, extra_top, extra_trans))
         first = backbone.strides[0]
         self.strides = ([first >> (i + 1) for i in reversed(range(extra_trans))] + list(backbone.strides)
                         + [backbone.strides[-1] << (i + 1) for i in range(extra_top)])
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not _inside(m, backbone):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        # The release initialises the neck with Xavier-uniform weights and zero biases. The
+        # random stream is rewound and drawn in the order of the neck this one replaced
+        # (laterals, outputs, levels above, levels below), so that seeded runs, and the
+        # presets measured with them, stay exactly as they were.
+        torch.set_rng_state(rng)
+        extra = self.neck.extra_blocks
+        convs = [m for block in (*self.neck.inner_blocks, *self.neck.layer_blocks, *extra.top, *extra.below)
+                 for m in block.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        for m in convs:
+            m.reset_parameters()
+        for m in convs:
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        self._register_load_state_dict_pre_hook(_rename_old_neck_keys)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         feats = self.backbone(x)
-        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
-        for i in range(len(laterals) - 1, 0, -1):  # top-down: upsample to the exact lateral size
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode="nearest")
-        outs = [conv(lat) for conv, lat in zip(self.output, laterals)]
-        for i, conv in enumerate(self.extra_top):
-            outs.append(conv(feats[-1] if i == 0 else F.relu(outs[-1])))
-        for trans in self.extra_trans:
-            outs.insert(0, trans(outs[0]))
-        return OrderedDict((str(i), o) for i, o in enumerate(outs))
+        return self.neck(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
-def _inside(module: nn.Module, parent: nn.Module) -> bool:
-    return any(module is m for m in parent.modules())
+# Checkpoints written before the neck was torchvision's name its parts differently.
+_OLD_NECK_KEYS = (("lateral.", "neck.inner_blocks.", True), ("output.", "neck.layer_blocks.", True),
+                  ("extra_top.", "neck.extra_blocks.top.", False), ("extra_trans.", "neck.extra_blocks.below.", False))
+
+
+def _rename_old_neck_keys(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new, wrapped in _OLD_NECK_KEYS:
+            if rest.startswith(old):
+                index, _, param = rest[len(old):].partition(".")
+                state_dict[prefix + new + index + (".0." if wrapped else ".") + param] = state_dict.pop(key)
+                break
 
 
 class SemanticFPN(nn.Module):
