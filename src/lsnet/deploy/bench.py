@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import statistics
 import sys
@@ -27,26 +28,42 @@ from ..models import fuse as fuse_model
 from .compiled import compile_for_inference
 from .profile import count_macs
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["RUNTIMES", "BenchConfig", "BenchResult", "run_benchmark", "format_markdown",
            "plot_results", "PAPER_TABLE1", "peak_memory_mb"]
 
 # Facts from the LSNet paper's Table 1 (ImageNet-1K top-1 %, and RTX 3090 throughput in img/s),
 # keyed by timm model name. Distilled results carry the teacher's help (marked * in the paper).
+_PAPER_TABLE1_ROWS = """
+lsnet_t                   74.9   14708
+lsnet_t_distill           76.1   14708
+lsnet_s                   77.8    9023
+lsnet_s_distill           79.0    9023
+lsnet_b                   80.3    3996
+lsnet_b_distill           81.6    3996
+edgenext_xx_small         71.2    5089
+fasternet_t0              71.9   14467
+efficientvit_m3           73.4   14613
+starnet_s1                73.5    5034
+edgenext_x_small          75.0    3118
+mobilenetv3_large_100     75.2    7921
+fastvit_t8                75.6    3909
+efficientformerv2_s0      75.7    1329
+fasternet_t1              76.2    8660
+efficientnet_b0           77.1    4481
+poolformer_s12            77.2    2769
+shvit_s3                  77.4    8993
+repvit_m0_9               77.4    4817
+swiftformer_s             78.5    3376
+fastvit_t12               79.1    2586
+efficientformer_l1        79.2    3280
+edgenext_small            79.4    2128
+repvit_m1_1               79.4    3604
+"""
 PAPER_TABLE1: Dict[str, Dict[str, float]] = {
-    "lsnet_t": {"top1": 74.9, "throughput": 14708}, "lsnet_t_distill": {"top1": 76.1, "throughput": 14708},
-    "lsnet_s": {"top1": 77.8, "throughput": 9023}, "lsnet_s_distill": {"top1": 79.0, "throughput": 9023},
-    "lsnet_b": {"top1": 80.3, "throughput": 3996}, "lsnet_b_distill": {"top1": 81.6, "throughput": 3996},
-    "edgenext_xx_small": {"top1": 71.2, "throughput": 5089}, "fasternet_t0": {"top1": 71.9, "throughput": 14467},
-    "efficientvit_m3": {"top1": 73.4, "throughput": 14613}, "starnet_s1": {"top1": 73.5, "throughput": 5034},
-    "edgenext_x_small": {"top1": 75.0, "throughput": 3118},
-    "mobilenetv3_large_100": {"top1": 75.2, "throughput": 7921}, "fastvit_t8": {"top1": 75.6, "throughput": 3909},
-    "efficientformerv2_s0": {"top1": 75.7, "throughput": 1329}, "fasternet_t1": {"top1": 76.2, "throughput": 8660},
-    "efficientnet_b0": {"top1": 77.1, "throughput": 4481}, "poolformer_s12": {"top1": 77.2, "throughput": 2769},
-    "shvit_s3": {"top1": 77.4, "throughput": 8993}, "repvit_m0_9": {"top1": 77.4, "throughput": 4817},
-    "swiftformer_s": {"top1": 78.5, "throughput": 3376}, "fastvit_t12": {"top1": 79.1, "throughput": 2586},
-    "efficientformer_l1": {"top1": 79.2, "throughput": 3280}, "edgenext_small": {"top1": 79.4, "throughput": 2128},
-    "repvit_m1_1": {"top1": 79.4, "throughput": 3604},
-}
+    name: {"top1": float(top1), "throughput": float(throughput)}
+    for name, top1, throughput in (row.split() for row in _PAPER_TABLE1_ROWS.strip().splitlines())}
 
 
 @dataclass
@@ -137,7 +154,7 @@ def _native_stderr_silenced():
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logger.info(msg)
 
 
 def _build_model(name: str, cfg: BenchConfig, device: torch.device) -> nn.Module:

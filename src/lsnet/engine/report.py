@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -94,7 +95,7 @@ class MetricsLog:
 
                 self._tb = SummaryWriter(str(self.out / "tensorboard"))
             except ImportError:
-                print("note: --tensorboard needs the tensorboard package; skipping it", file=sys.stderr)
+                logging.getLogger(__name__).warning("--tensorboard needs the tensorboard package; skipping it")
 
     def append(self, record: Dict[str, Any]) -> None:
         """Log the record of one finished epoch."""

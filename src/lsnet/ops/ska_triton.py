@@ -50,118 +50,78 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @triton.jit
-def _program_block(HW, CW, BLOCK: tl.constexpr):
-    """This program's (n, r), nr = n * CW + r (the kernel slice of w it owns), and the
-    flattened spatial positions of its block."""
+def _block_and_taps(HW, CW, H, W, K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (n, r) and nr = n * CW + r (the kernel slice of w it owns), the
+    flattened spatial positions ``offs`` of its block (``inb``: inside the image) with their
+    row h and column v, and the taps t (``tap_ok``: t < K*K) with their offsets (dy, dx)."""
     nblk = tl.cdiv(HW, BLOCK)
     pid = tl.program_id(0)
     nr = pid // nblk
     offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    return nr // CW, nr % CW, nr, offs
-
-
-@triton.jit
-def _tap_geometry(offs, HW, H, W, K: tl.constexpr, KK_PAD: tl.constexpr):
-    """Row/column of each position in the block and the (dy, dx) of each tap."""
     P: tl.constexpr = (K - 1) // 2
-    inb = offs < HW
-    h = offs // W
-    v = offs % W
     t = tl.arange(0, KK_PAD)
-    tap_ok = t < K * K
-    dy = t // K - P
-    dx = t % K - P
-    return inb, h, v, t, tap_ok, dy, dx
+    return nr // CW, nr % CW, nr, offs, offs < HW, offs // W, offs % W, t, t < K * K, t // K - P, t % K - P
 
 
 @triton.jit
-def _ska_fwd_kernel(
-    x_ptr, w_ptr, y_ptr,
-    C, CW, G, H, W, HW,
-    K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-):
-    n, r, nr, offs = _program_block(HW, CW, BLOCK)
-    inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
+def _kernel_offsets(nr, t, pos, HW, K: tl.constexpr):
+    """Offsets into w (or grad_w) of tap ``t`` at flattened positions ``pos`` of slice nr."""
+    return nr.to(tl.int64) * (K * K) * HW + t[:, None].to(tl.int64) * HW + pos
 
-    # the K*K weights of every position: loaded once, reused by all G channels
-    w_base = nr.to(tl.int64) * (K * K) * HW
-    w_off = w_base + t[:, None].to(tl.int64) * HW + offs[None, :]
-    w_mask = tap_ok[:, None] & inb[None, :]
-    wt = tl.load(w_ptr + w_off, mask=w_mask, other=0.0).to(ACC)
 
-    # source pixel of each (tap, position); zero padding comes from the mask
-    hs = h[None, :] + dy[:, None]
-    vs = v[None, :] + dx[:, None]
-    x_mask = w_mask & (hs >= 0) & (hs < H) & (vs >= 0) & (vs < W)
-    x_off = hs * W + vs
+@triton.jit
+def _shifted(h, v, dy, dx, mask, H, W, SIGN: tl.constexpr):
+    """Flattened offsets of the pixels at (h + SIGN*dy, v + SIGN*dx) for every (tap, position),
+    and ``mask`` narrowed to those inside the image (zero padding comes from the mask)."""
+    hs = h[None, :] + SIGN * dy[:, None]
+    vs = v[None, :] + SIGN * dx[:, None]
+    return hs * W + vs, mask & (hs >= 0) & (hs < H) & (vs >= 0) & (vs < W)
 
+
+@triton.jit
+def _ska_gather_kernel(src_ptr, w_ptr, dst_ptr, C, CW, G, H, W, HW, K: tl.constexpr, KK_PAD: tl.constexpr,
+                       BLOCK: tl.constexpr, ACC: tl.constexpr, SIGN: tl.constexpr):
+    """dst[p] = sum_t src[p + SIGN * d_t] * w[t at q], for the G channels sharing slice r.
+
+    SIGN = 1 is the forward pass (src = x, q = p: y at p gathers x at p + d_t). SIGN = -1 is
+    the gradient of x (src = grad y, q = p - d_t: x at p fed output p - d_t through tap t);
+    a gather, not a scatter, so every element is written by one program. The weights are
+    loaded once and reused by every channel."""
+    n, r, nr, offs, inb, h, v, t, tap_ok, dy, dx = _block_and_taps(HW, CW, H, W, K, KK_PAD, BLOCK)
+    src_off, m = _shifted(h, v, dy, dx, tap_ok[:, None] & inb[None, :], H, W, SIGN)
+    if SIGN == 1:
+        w_pos = offs[None, :] + tl.zeros_like(src_off)
+    else:
+        w_pos = src_off
+    wt = tl.load(w_ptr + _kernel_offsets(nr, t, w_pos, HW, K), mask=m, other=0.0).to(ACC)
     for g in range(G):
         plane = (n * C + g * CW + r).to(tl.int64) * HW
-        xt = tl.load(x_ptr + plane + x_off, mask=x_mask, other=0.0).to(ACC)
-        y = tl.sum(xt * wt, axis=0)
-        tl.store(y_ptr + plane + offs, y.to(y_ptr.dtype.element_ty), mask=inb)
+        st = tl.load(src_ptr + plane + src_off, mask=m, other=0.0).to(ACC)
+        tl.store(dst_ptr + plane + offs, tl.sum(st * wt, axis=0).to(dst_ptr.dtype.element_ty), mask=inb)
 
 
 @triton.jit
-def _ska_bwd_x_kernel(
-    gy_ptr, w_ptr, gx_ptr,
-    C, CW, G, H, W, HW,
-    K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-):
-    n, r, nr, offs = _program_block(HW, CW, BLOCK)
-    inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
-
-    # x at p fed output p - d_t through tap t: gather (gy * w) there (a gather, not a
-    # scatter, so every grad_x element is written by one program)
-    ho = h[None, :] - dy[:, None]
-    vo = v[None, :] - dx[:, None]
-    m = tap_ok[:, None] & inb[None, :] & (ho >= 0) & (ho < H) & (vo >= 0) & (vo < W)
-    o_off = ho * W + vo
-
-    w_base = nr.to(tl.int64) * (K * K) * HW
-    w_off = w_base + t[:, None].to(tl.int64) * HW + o_off
-    wt = tl.load(w_ptr + w_off, mask=m, other=0.0).to(ACC)
-
-    for g in range(G):
-        plane = (n * C + g * CW + r).to(tl.int64) * HW
-        gyt = tl.load(gy_ptr + plane + o_off, mask=m, other=0.0).to(ACC)
-        gx = tl.sum(gyt * wt, axis=0)
-        tl.store(gx_ptr + plane + offs, gx.to(gx_ptr.dtype.element_ty), mask=inb)
-
-
-@triton.jit
-def _ska_bwd_w_kernel(
-    gy_ptr, x_ptr, gw_ptr,
-    C, CW, G, H, W, HW,
-    K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-):
-    n, r, nr, offs = _program_block(HW, CW, BLOCK)
-    inb, h, v, t, tap_ok, dy, dx = _tap_geometry(offs, HW, H, W, K, KK_PAD)
-
+def _ska_bwd_w_kernel(gy_ptr, x_ptr, gw_ptr, C, CW, G, H, W, HW, K: tl.constexpr, KK_PAD: tl.constexpr,
+                      BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """grad_w[n, r, t, p] = sum over the G channels c of slice r of grad_y[c, p] * x[c, p + d_t];
+    this program is the only writer of its block, so it sums the channels itself."""
+    n, r, nr, offs, inb, h, v, t, tap_ok, dy, dx = _block_and_taps(HW, CW, H, W, K, KK_PAD, BLOCK)
     w_mask = tap_ok[:, None] & inb[None, :]
-    hs = h[None, :] + dy[:, None]
-    vs = v[None, :] + dx[:, None]
-    x_mask = w_mask & (hs >= 0) & (hs < H) & (vs >= 0) & (vs < W)
-    x_off = hs * W + vs
-
-    # this program is the only writer of grad_w[n, r, :, block]: sum the G channels here
+    x_off, x_mask = _shifted(h, v, dy, dx, w_mask, H, W, 1)
     acc = tl.zeros((KK_PAD, BLOCK), dtype=ACC)
     for g in range(G):
         plane = (n * C + g * CW + r).to(tl.int64) * HW
         gy = tl.load(gy_ptr + plane + offs, mask=inb, other=0.0).to(ACC)
         xt = tl.load(x_ptr + plane + x_off, mask=x_mask, other=0.0).to(ACC)
         acc += xt * gy[None, :]
-
-    w_base = nr.to(tl.int64) * (K * K) * HW
-    w_off = w_base + t[:, None].to(tl.int64) * HW + offs[None, :]
-    tl.store(gw_ptr + w_off, acc.to(gw_ptr.dtype.element_ty), mask=w_mask)
+    tl.store(gw_ptr + _kernel_offsets(nr, t, offs[None, :], HW, K), acc.to(gw_ptr.dtype.element_ty), mask=w_mask)
 
 
 # ---------------------------------------------------------------------------- host side
 
 # The interpreter decision is taken by triton.jit when this module is imported, so the
 # kernel object (not the current environment) says whether CPU tensors can be launched.
-_INTERPRETED = not isinstance(_ska_fwd_kernel, triton.runtime.jit.JITFunction)
+_INTERPRETED = not isinstance(_ska_gather_kernel, triton.runtime.jit.JITFunction)
 
 
 def _launch_config(k: int, hw: int):
@@ -188,14 +148,14 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _launch(kernel, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cw: int, k: int, acc) -> None:
+def _launch(kernel, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cw: int, k: int, acc, **extra) -> None:
     """Run one of the three kernels over the (n, r, spatial block) grid; ``a`` is (N, C, H, W)."""
     n, c, h, wd = a.shape
     hw = h * wd
     kk_pad, block, num_warps = _launch_config(k, hw)
     grid = (n * cw * triton.cdiv(hw, block),)
     args = (a, b, out, c, cw, c // cw, h, wd, hw)
-    meta = dict(K=k, KK_PAD=kk_pad, BLOCK=block, ACC=acc, num_warps=num_warps)
+    meta = dict(K=k, KK_PAD=kk_pad, BLOCK=block, ACC=acc, num_warps=num_warps, **extra)
     if a.is_cuda:
         # launch on the tensors' device even when another device is current
         with torch.cuda.device(a.device):
@@ -207,14 +167,14 @@ def _launch(kernel, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cw: int
 def _forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel() > 0:
-        _launch(_ska_fwd_kernel, x, w, y, w.shape[1], k, _acc_dtype(x.dtype))
+        _launch(_ska_gather_kernel, x, w, y, w.shape[1], k, _acc_dtype(x.dtype), SIGN=1)
     return y
 
 
 def _grad_x(gy: torch.Tensor, w: torch.Tensor, k: int, x_dtype: torch.dtype) -> torch.Tensor:
     gx = torch.empty(gy.shape, dtype=x_dtype, device=gy.device)
     if gx.numel() > 0:
-        _launch(_ska_bwd_x_kernel, gy, w, gx, w.shape[1], k, _acc_dtype(x_dtype))
+        _launch(_ska_gather_kernel, gy, w, gx, w.shape[1], k, _acc_dtype(x_dtype), SIGN=-1)
     return gx
 
 
