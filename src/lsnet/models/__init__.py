@@ -2,11 +2,12 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_file, save_checkpoint
 from .fuse import fuse
+from .lolvit import LOLViT, lolvit_s, lolvit_x  # registers lolvit_s / lolvit_x in timm
 from .lsnet import (MODEL_ARGS, LSNet, PretrainedWeightsUnavailable, checkpoint_filter_fn, lsnet_b,
                     lsnet_b_distill, lsnet_s, lsnet_s_distill, lsnet_t, lsnet_t_distill)
 
 #: Names registered in timm by this package.
 MODEL_NAMES = ("lsnet_t", "lsnet_s", "lsnet_b", "lsnet_t_distill", "lsnet_s_distill", "lsnet_b_distill")
 
-__all__ = ["LSNet", "MODEL_ARGS", "MODEL_NAMES", "fuse", "load_checkpoint", "save_checkpoint",
+__all__ = ["LSNet", "LOLViT", "MODEL_ARGS", "MODEL_NAMES", "fuse", "load_checkpoint", "save_checkpoint",
            "load_state_dict_file", "CheckpointError", "PretrainedWeightsUnavailable", "checkpoint_filter_fn"]
