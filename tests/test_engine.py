@@ -112,6 +112,7 @@ def test_resume_continues_the_run_with_its_configuration_and_folder(tmp_path):
     last = str(tmp_path / "run" / "last.pth")
     values = resume_overrides({"resume": last}, "points")
     assert (values["epochs"], values["lr"], values["output"]) == (7, 0.05, str(tmp_path / "run"))
+    assert "stop_after" not in values  # it ended the invocation that wrote the checkpoint, not the run
     values = resume_overrides({"resume": last, "epochs": 9}, "points")
     assert values["epochs"] == 9  # an option given on resume wins
     with pytest.raises(TrainingError, match="points checkpoint, not a classify"):

@@ -84,6 +84,11 @@ def test_resume_equals_straight_run(tmp_path):
     straight = train(fast_cfg(tmp_path / "a", epochs=4, model_ema=True, model_ema_decay=0.9))
     first = train(fast_cfg(tmp_path / "b", epochs=4, stop_after=2, model_ema=True, model_ema_decay=0.9))
     assert first["epochs"] == 2
+    # `lsnet train --resume FILE` alone continues that run: its schedule, its folder
+    again = resolve_config({"resume": str(tmp_path / "b" / "run" / "last.pth")})
+    assert (again.epochs, again.output, again.model, again.batch_size) == (4, str(tmp_path / "b" / "run"),
+                                                                          "lsnet_test", 96)
+    assert resolve_config({"resume": str(tmp_path / "b" / "run" / "last.pth"), "epochs": 6}).epochs == 6
     resumed = train(fast_cfg(tmp_path / "b", epochs=4, resume=str(tmp_path / "b" / "run" / "last.pth")))
     assert resumed["epochs"] == 4
     a, b = (torch.load(p / "run" / "last.pth", weights_only=True) for p in (tmp_path / "a", tmp_path / "b"))

@@ -615,6 +615,8 @@ def resume_overrides(overrides: Dict[str, Any], task_kind: str) -> Dict[str, Any
     build from this instead of their preset, so a resume continues the run it resumes."""
     ck = read_training_checkpoint(overrides["resume"], task_kind)
     saved = dict(ck["config"])  # its "task" is dropped by configurations that have no such field
+    for once in ("stop_after", "overwrite"):  # they applied to the invocation that wrote the checkpoint
+        saved.pop(once, None)
     changed = {k: (saved.get(k), v) for k, v in overrides.items() if k != "resume" and saved.get(k) != v}
     for k, (old, new) in changed.items():
         if k != "output":
