@@ -196,3 +196,17 @@ def test_logging_levels_from_the_command_line(tmp_path, capsys):
     assert logging.getLogger("lsnet").level == logging.DEBUG
     main(["info", "--models", "lsnet_t"])
     assert logging.getLogger("lsnet").level == logging.INFO
+
+
+def test_progress_without_a_terminal_is_logged_periodically(caplog, monkeypatch):
+    import lsnet.engine.report as report
+
+    clock = iter(range(0, 1000, 20))  # 20 s between calls
+    monkeypatch.setattr(report.time, "monotonic", lambda: next(clock))
+    bar = report.progress_bar(10, "epoch 1/3", interval=30)  # pytest's stderr is no terminal
+    with caplog.at_level("INFO", logger="lsnet.progress"):
+        for _ in range(10):
+            bar.update(1, loss="0.5000")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and all(m.startswith("epoch 1/3: ") and "loss 0.5000" in m for m in lines)
+    assert len(lines) == 4 and "10/10" not in lines[-1]  # every 40 s of 200 s, not the finished epoch

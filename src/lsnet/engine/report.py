@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -38,9 +39,35 @@ class _Bar:
         self._bar.close()
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A progress bar for ``total`` steps (nothing on non-main processes)."""
-    return _Bar(total, desc) if enabled else _NoBar()
+class _Lines:
+    """Where no terminal shows a bar (a log file, a batch job): a line through ``logging``
+    every ``interval`` seconds, so that a long epoch is never silent."""
+
+    def __init__(self, total: int, desc: str, interval: float):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.done, self.postfix = 0, {}
+        self.start = self.last = time.monotonic()
+
+    def update(self, n=1, **postfix):
+        self.done += n
+        self.postfix.update(postfix)
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.done < self.total:
+            self.last = now
+            extra = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
+            logging.getLogger("lsnet.progress").info(
+                f"{self.desc}: {self.done}/{self.total} steps ({now - self.start:.0f}s)  {extra}".rstrip())
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, interval: float = 30.0):
+    """Progress over ``total`` steps: a tqdm bar on a terminal, a logged line every
+    ``interval`` seconds otherwise, nothing on non-main processes."""
+    if not enabled:
+        return _NoBar()
+    return _Bar(total, desc) if sys.stderr.isatty() else _Lines(total, desc, interval)
 
 
 def read_metrics(path) -> List[Dict[str, Any]]:
