@@ -40,7 +40,7 @@ def test_parameter_tables(name):
     assert _count(model) == total == sum(per_module)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (97, 130), (224, 224)])
+@pytest.mark.parametrize("size", [(64, 64), (67, 101)])
 def test_forward_backward(variant, size):
     name, model = variant
     model.train()
@@ -55,12 +55,12 @@ def test_forward_backward(variant, size):
     model.eval()
 
 
-@pytest.mark.parametrize("side", [256, 320, 384])
-def test_eval_sizes(side):
-    model = timm.create_model("lolvit_s", num_classes=0).eval()
+@pytest.mark.parametrize("name,side", [("lolvit_s", 224), ("lolvit_x", 256), ("lolvit_s", 320), ("lolvit_s", 384)])
+def test_eval_sizes(name, side):
+    model = timm.create_model(name, num_classes=0).eval()
     with torch.no_grad():
         feats = model.forward_features(torch.randn(1, 3, side, side + 5))
-    assert feats.shape == (1, 128, math.ceil(side / 32), math.ceil((side + 5) / 32))
+    assert feats.shape == (1, model.num_features, math.ceil(side / 32), math.ceil((side + 5) / 32))
 
 
 def test_features_only():
@@ -82,7 +82,7 @@ def test_fuse_matches(variant):
             if isinstance(p, torch.nn.BatchNorm2d):
                 p.running_mean.uniform_(-0.5, 0.5)
                 p.running_var.uniform_(0.5, 2.0)
-        x = torch.randn(2, 3, 96, 80)
+        x = torch.randn(1, 3, 96, 80)
         ref = model(x)
         fused = lsnet.fuse(model)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
@@ -98,7 +98,7 @@ def test_model_api():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 128)
     model.set_grad_checkpointing(True)
     model.train()
-    model(torch.randn(1, 3, 64, 64)).sum().backward()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
     with pytest.raises(ValueError):
         timm.create_model("lolvit_s", pretrained=True)
 
