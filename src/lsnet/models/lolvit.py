@@ -47,15 +47,19 @@ and the totals, 1,056,669 for S and 1,862,709 for X). How:
   depth-wise 5x5 and 7x7 Conv+BN (the "large kernels" of App. A) added to it, 1x1 Conv+BN
   ``e -> c``, added to the block input. With the paper's final configuration (L 1-1-1, Fold
   1-2-4, patch 1-1-1, 4 heads; Sec. 6) a block has
-  ``3d^2 + 2cd + 8d + 4c + 2 D^2 Fold + 2D + 1 + (2d+1) m + (3c+80) e`` parameters. The odd
-  totals fit the single DP scalar of one layer, and S's last block exceeds X's middle block
-  (both c = 128) by exactly 4,096 = the fold convolution going from Fold 2 to Fold 4 at
-  ``2 * 32^2``, so some of this reading is supported by the tables; but no rule for the widths
-  that we tried (d = c, 1.5c, 2c, MobileViT's dims, m = 2d or 4d, 32-wide heads as in
-  MobileViT code, local 3x3 or Ghost layers, MobileViT's fusion, with or without biases and
-  norms; several thousand structure variants searched) reproduces all six counts. The widths
-  ``(d, m, e)`` below are therefore **fitted** per block (solved so that the count is exact,
-  preferring m ~ 2d, e ~ c, d ~ 1.5c); they are not the authors' values, which are unknown:
+  ``3d^2 + 2cd + 8d + 4c + 2 D^2 Fold + 2D + 1 + (2d+1) m + (3c+80) e`` parameters. The tables
+  give hints: all six counts are odd and equal 23 mod 32 (one DP scalar per block on top of
+  widths that are multiples of 32), and S's last block exceeds X's middle block (both c = 128)
+  by exactly 4,096, what a 32-wide fold convolution gains from Fold 2 to Fold 4 (``2 * 32^2 *
+  2``) if all else in the two blocks is equal. But following that hint, the c = 96 pair (S's
+  middle block, X's first) differs by 25,760, which nothing Fold-related explains, and no rule
+  for the widths that we tried (d = c, 1.5c, 2c, MobileViT's dims, m = 2d or 4d or MobileViT's
+  2-4-4, 8-dim heads as in common MobileViT code, a local 3x3 or Ghost layer, MobileViT's
+  fusion, with or without biases and norms, 1-4 layers with and without the cache; several
+  thousand structure variants searched) reproduces all six counts. The widths ``(d, m, e)``
+  below are therefore **fitted** per block (solved so that the count is exact, preferring
+  m ~ 2d, e ~ c, d ~ 1.5c); they are not the authors' values, which are unknown, and they do
+  not follow the 4,096 hint:
 
   ========  =====  ====  ====  ====  ====  ===========
   model     stage  c     d     m     e     params
