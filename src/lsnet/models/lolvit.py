@@ -48,8 +48,9 @@ and the totals, 1,056,669 for S and 1,862,709 for X). How:
   ``e -> c``, added to the block input. With the paper's final configuration (L 1-1-1, Fold
   1-2-4, patch 1-1-1, 4 heads; Sec. 6) a block has
   ``3d^2 + 2cd + 8d + 4c + 2 D^2 Fold + 2D + 1 + (2d+1) m + (3c+80) e`` parameters. The tables
-  give hints: all six counts are odd and equal 23 mod 32 (one DP scalar per block on top of
-  widths that are multiples of 32), and S's last block exceeds X's middle block (both c = 128)
+  give hints: all six counts are odd and equal 23 mod 32 (width-dependent terms that are
+  multiples of 32 plus one fixed odd part, e.g. the DP scalar, common to every block), and
+  S's last block exceeds X's middle block (both c = 128)
   by exactly 4,096, what a 32-wide fold convolution gains from Fold 2 to Fold 4 (``2 * 32^2 *
   2``) if all else in the two blocks is equal. But following that hint, the c = 96 pair (S's
   middle block, X's first) differs by 25,760, which nothing Fold-related explains, and no rule
