@@ -83,7 +83,6 @@ The classifier (not in the tables) is global average pooling and one ``Linear``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -97,6 +96,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.ghostnet import GhostBottleneck, GhostModule
 
 from .fuse import fuse_bn_into_conv
+from .stages import StagedModel, stage_intermediates
 
 __all__ = ["LOLViT", "LOLViTBlock", "FWA", "FWALayer", "FeatureFusion", "MobileViTFusion", "GhostNetBlock",
            "drelu", "fawa", "fold_keys", "LOLVIT_CFGS"]
@@ -352,7 +352,7 @@ LOLVIT_CFGS: Dict[str, Dict[str, Any]] = {
 }
 
 
-class LOLViT(nn.Module):
+class LOLViT(StagedModel):
     """LOLViT backbone and classifier (timm conventions).
 
     Args:
@@ -435,16 +435,6 @@ class LOLViT(nn.Module):
         """Parameter groups for layer-wise learning-rate decay."""
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        """Recompute each stage in the backward pass to save memory."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The classifier layer."""
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         """Replace the classifier by a new one for ``num_classes`` (0: none)."""
         self.num_classes = num_classes
@@ -459,19 +449,8 @@ class LOLViT(nn.Module):
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
         """Forward returning the outputs of the selected stages (strides 2, 4, 8, 16, 32)."""
-        if output_fmt != "NCHW":
-            raise ValueError("LOLViT features are NCHW only")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        for i, stage in enumerate(stages):
-            x = self._run(stage, x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self.stem, self.stages, self._run, x, indices, stop_early, intermediates_only,
+                                   output_fmt, "LOLViT")
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

@@ -26,6 +26,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..ops.ska import SKA
 from .fuse import fuse_bn_into_conv, fuse_bn_into_linear, fuse_modules
+from .stages import StagedModel, stage_intermediates
 
 __all__ = ["LSNet", "LKP", "LSConv", "RepVGGDW", "FFN", "Attention", "Block", "ConvBN", "BNLinear",
            "checkpoint_filter_fn", "release_safe_globals", "MIN_INPUT_SIZE"]
@@ -266,7 +267,7 @@ def _stage_resolutions(img_size: int, patch_size: int = 8, num_stages: int = 4) 
     return res
 
 
-class LSNet(nn.Module):
+class LSNet(StagedModel):
     """LSNet backbone and classifier.
 
     Args:
@@ -360,17 +361,9 @@ class LSNet(nn.Module):
         return dict(stem=r"^patch_embed", blocks=r"^blocks(\d+)" if coarse else r"^blocks(\d+)\.(\d+)")
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True):
         """In training mode, return both heads' logits (True, the release's behaviour) or their mean."""
         self.distilled_training = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          distillation: Optional[bool] = None):
@@ -416,20 +409,9 @@ class LSNet(nn.Module):
         intermediates_only: bool = False,
     ):
         """Forward returning the outputs of the selected stages (strides 8, 16, 32, 64)."""
-        if output_fmt != "NCHW":
-            raise ValueError("LSNet features are NCHW only")
         self.check_input(x)
-        take_indices, max_index = feature_take_indices(4, indices)
-        intermediates = []
-        x = self.patch_embed(x)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        for i, stage in enumerate(stages):
-            x = self._run_stage(stage, x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self.patch_embed, self.stages, self._run_stage, x, indices, stop_early,
+                                   intermediates_only, output_fmt, "LSNet")
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

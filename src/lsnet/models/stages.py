@@ -1,0 +1,44 @@
+"""What every model family of the package shares in timm's feature API: running a stem and
+a list of stages while collecting the outputs ``forward_intermediates`` asks for."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from timm.models._features import feature_take_indices
+
+__all__ = ["stage_intermediates", "StagedModel"]
+
+
+def stage_intermediates(stem: nn.Module, stages: Sequence[nn.Module], run: Callable, x: torch.Tensor,
+                        indices: Optional[Union[int, List[int]]], stop_early: bool, intermediates_only: bool,
+                        output_fmt: str, family: str):
+    """``stem`` then ``run(stage, x)`` for each stage, keeping the outputs of the stages
+    ``indices`` selects (timm's convention: an int n takes the last n); returns the list,
+    or ``(final output, list)`` unless ``intermediates_only``."""
+    if output_fmt != "NCHW":
+        raise ValueError(f"{family} features are NCHW only")
+    take_indices, max_index = feature_take_indices(len(stages), indices)
+    intermediates = []
+    x = stem(x)
+    for i, stage in enumerate(stages[: max_index + 1] if stop_early else stages):
+        x = run(stage, x)
+        if i in take_indices:
+            intermediates.append(x)
+    return intermediates if intermediates_only else (x, intermediates)
+
+
+class StagedModel(nn.Module):
+    """The timm methods every family here implements alike (the classifier is ``head``)."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each stage in the backward pass to save memory."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer."""
+        return self.head
