@@ -42,3 +42,16 @@ def test_python_dash_m_and_console_script():
         pytest.skip("the console script is not installed (run pip install -e .)")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == __import__("lsnet").__version__
+
+
+def test_export_names_the_extra_it_needs_and_warns_about_random_weights(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    assert main(["export", "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "lsnet[deploy]" in err and "onnx" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delitem(sys.modules, "onnx")
+    assert main(["export", "--format", "torchscript", "--model", "lsnet_t", "--img-size", "64",
+                 "--output", str(tmp_path / "m.pt")]) == 0
+    assert "randomly initialised weights" in capsys.readouterr().err

@@ -210,3 +210,4 @@ def test_progress_without_a_terminal_is_logged_periodically(caplog, monkeypatch)
     lines = [r.getMessage() for r in caplog.records]
     assert lines and all(m.startswith("epoch 1/3: ") and "loss 0.5000" in m for m in lines)
     assert len(lines) == 4 and "10/10" not in lines[-1]  # every 40 s of 200 s, not the finished epoch
+

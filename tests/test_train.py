@@ -56,6 +56,7 @@ def test_print_config_writes_the_resolved_recipe(capsys):
     assert main(["train", "--model", "lsnet_b", "--data", "/x", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["weight_decay"] == 0.05 and cfg["preset"] == "imagenet"
+    assert cfg["lr"] == pytest.approx(1e-3 * 256 / 512)  # resolved, not null
 
 
 def test_distillation_loss_terms():

@@ -196,7 +196,8 @@ class ClassificationTask(Task):
     def describe(self, run: Run, model: nn.Module) -> str:
         cfg, info = self.cfg, run.info
         n_params = sum(p.numel() for p in model.parameters())
-        return (f"training {cfg.model} ({n_params / 1e6:.2f} M parameters) on {self.splits.name}: "
+        return (f"training {cfg.model} ({n_params / 1e6:.2f} M parameters with a {self.num_classes}-class head) on "
+                f"{self.splits.name}: "
                 f"{len(self.splits.train)} train / {len(self.splits.val)} val images, {self.num_classes} classes, "
                 f"{info.world_size} process(es) on {run.device}, batch {cfg.batch_size}x{info.world_size}, "
                 f"lr {self.lr:.2e}, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, preset {cfg.preset}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 
 from ..deploy.export import FORMATS
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
@@ -35,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ..models import fuse
 
     check_options(img_size=args.img_size)
+    if args.format == "onnx":
+        needed = ["onnx"] + ([] if args.no_check else ["onnxruntime"])
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"ONNX export needs {' and '.join(missing)} (not installed): pip install 'lsnet[deploy]'"
+                              + (" (or --no-check to skip the onnxruntime comparison)" if missing == ["onnxruntime"]
+                                 else ""))
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes must be at least 1, got {args.num_classes}")
     check_output_file(args.output, "--output", create_parent=True)
@@ -46,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if arch not in timm.list_models():
             raise ConfigError(f"unknown model {arch!r} (not registered with timm)")
         model = timm.create_model(arch, **({} if args.num_classes is None else {"num_classes": args.num_classes}))
+        logger.warning(f"no --checkpoint: exporting {arch} with randomly initialised weights")
         img_size = resolve_preprocessing(model, img_size=args.img_size).img_size
     model = fuse(model)
     res = export_model(model, args.output, args.format, (img_size, img_size), check=not args.no_check)

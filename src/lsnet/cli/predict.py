@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         top = logits.softmax(dim=1)[0].topk(k)
         print(f"{path}:")
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"  {names[i]:>24s}  {100 * p:6.2f}%")
+            print(f"  {100 * p:6.2f}%  {names[i]}")
     if images.failures:
         logger.warning("%d of %d image(s) could not be read", images.failures, len(paths))
     return 1 if images.failures else 0

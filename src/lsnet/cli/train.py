@@ -26,7 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+        import os
+
+        from ..classify.config import total_lr
+
+        values = cfg.to_dict()
+        # the rate this run would use (--lr, else lr-base x total batch / 512)
+        values["lr"] = total_lr(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        print(json.dumps(values, indent=2))
         return 0
     summary = train(cfg)
     if summary["interrupted"]:
