@@ -239,3 +239,26 @@ def test_drop_path_only_in_training():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ref.eval()(x))
+
+
+def test_create_model_with_device_and_dtype_and_under_the_meta_device():
+    """timm >= 1.0.20 passes device= and dtype= to the model class; its tests also build
+    models under `with torch.device("meta")`."""
+    import timm
+
+    m = timm.create_model("lsnet_t", num_classes=7, device="cpu", dtype=torch.float64).eval()
+    assert {p.dtype for p in m.parameters()} == {torch.float64}
+    assert m(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+    with torch.device("meta"):
+        meta = timm.create_model("lsnet_t", drop_path_rate=0.1)
+    assert next(meta.parameters()).is_meta
+
+
+def test_reset_classifier_keeps_dtype_device_and_mode():
+    import timm
+
+    m = timm.create_model("lsnet_t_distill", num_classes=5).double().eval()
+    m.reset_classifier(3)
+    assert not m.head.training and not m.head_dist.training
+    assert {p.dtype for p in m.head.parameters()} == {torch.float64}
+    assert m(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 3)  # a batch of one in eval mode

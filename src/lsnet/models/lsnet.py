@@ -282,6 +282,8 @@ class LSNet(StagedModel):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linearly increasing over blocks (0 in the release).
         global_pool: ``'avg'`` or ``''`` (no pooling in ``forward_head``).
+        device, dtype: where and in which floating-point type the parameters live (timm's
+            ``create_model(..., device=, dtype=)``).
     """
 
     def __init__(
@@ -298,6 +300,8 @@ class LSNet(StagedModel):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
         patch_size: int = 8,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if len(embed_dim) != 4 or len(depth) != 4:
@@ -322,7 +326,8 @@ class LSNet(StagedModel):
         )
         resolutions = _stage_resolutions(img_size, patch_size)
         attn_ratio = [embed_dim[i] / (key_dim[i] * num_heads[i]) for i in range(4)]
-        dpr = torch.linspace(0, drop_path_rate, max(sum(depth), 1)).tolist()
+        # on the CPU even under a `with torch.device("meta")` block: the rates are Python floats
+        dpr = torch.linspace(0, drop_path_rate, max(sum(depth), 1), device="cpu").tolist()
         self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (nn.Sequential() for _ in range(4))
         stages = [self.blocks1, self.blocks2, self.blocks3, self.blocks4]
         self.feature_info = []
@@ -345,6 +350,8 @@ class LSNet(StagedModel):
         self.head = BNLinear(embed_dim[-1], num_classes) if num_classes > 0 else nn.Identity()
         if distillation:
             self.head_dist = BNLinear(embed_dim[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     @property
     def stages(self) -> List[nn.Sequential]:
@@ -376,7 +383,11 @@ class LSNet(StagedModel):
         if distillation is not None:
             self.distillation = distillation
         ref = next(self.parameters())
-        make = lambda: (BNLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()).to(ref.device)
+
+        def make() -> nn.Module:  # like the rest of the model: its device, dtype and mode
+            head = BNLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            return head.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
         self.head = make()
         if self.distillation:
             self.head_dist = make()
