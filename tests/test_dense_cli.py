@@ -239,5 +239,5 @@ def test_predict_names_the_shapes_with_the_shipped_backbone(tmp_path, capsys):
         want[str(tmp_path / f"crop{i}.png")] = SHAPE_CLASSES[k]
     assert main(["predict", "--checkpoint", str(SHAPES_BACKBONE), *want]) == 0
     lines = capsys.readouterr().out.splitlines()
-    top = {line[:-1]: lines[i + 1].split()[0] for i, line in enumerate(lines) if line[:-1] in want}
+    top = {line[:-1]: lines[i + 1].split()[1] for i, line in enumerate(lines) if line[:-1] in want}
     assert top == want

@@ -199,7 +199,11 @@ def test_logging_levels_from_the_command_line(tmp_path, capsys):
 
 
 def test_progress_without_a_terminal_is_logged_periodically(caplog, monkeypatch):
+    import logging
+
     import lsnet.engine.report as report
+
+    monkeypatch.setattr(logging.getLogger("lsnet"), "propagate", True)  # the CLI's handler may have stopped it
 
     clock = iter(range(0, 1000, 20))  # 20 s between calls
     monkeypatch.setattr(report.time, "monotonic", lambda: next(clock))

@@ -285,7 +285,7 @@ def test_ddp_training_run_and_its_checkpoint_evaluates(tmp_path, capsys):
     res = _torchrun(2, "ddp_train.py", "--model", "lsnet_test", "--epochs", "2", "--batch-size", "48",
                     "--output", str(out), "--workers", "0")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in res.stdout
+    assert "2 process(es)" in res.stderr
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data", "digits"]) == 0
 
