@@ -386,6 +386,8 @@ class LOLViT(StagedModel):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if len(ghost) != 5 or len(vit) != 3:
@@ -395,7 +397,7 @@ class LOLViT(StagedModel):
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.grad_checkpointing = False
         self.stem = ConvBnAct(in_chans, stem_chs, 3, 2, act_layer=nn.ReLU)
-        dpr = torch.linspace(0, drop_path_rate, max(sum(depths), 1)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, max(sum(depths), 1), device="cpu").tolist()  # also under "meta"
         self.stages = nn.Sequential()
         self.feature_info = []
         chs, reduction, j = stem_chs, 2, 0
@@ -416,6 +418,8 @@ class LOLViT(StagedModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        if device is not None or dtype is not None:  # timm's create_model(..., device=, dtype=)
+            self.to(device=device, dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -442,8 +446,9 @@ class LOLViT(StagedModel):
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
-        ref = next(self.parameters())
-        self.head = (nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()).to(ref.device)
+        ref = next(self.parameters())  # the new head takes the model's device, dtype and mode
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
