@@ -350,7 +350,7 @@ def test_crafted_dense_checkpoint_is_one_line(tmp_path, capsys):
     saved["class_names"] = ["a", "b", "c"]
     torch.save(saved, ck)
     assert main(["detect", "predict", "--checkpoint", str(ck), "--output", str(tmp_path / "p"), image]) == 2
-    _one_line_error(capsys, "checkpoint of lsnet segment, not of lsnet detect")
+    _one_line_error(capsys, "written by lsnet segment train, not by lsnet detect train")
 
 
 # ---------------------------------------------------------------------------------------------

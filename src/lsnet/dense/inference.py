@@ -48,7 +48,9 @@ def load_dense_for_inference(path: Union[str, os.PathLike], device: Union[str, t
         raise CheckpointError(f"{ck.path}: its metadata 'class_names' is not a list of class names (a damaged file, "
                               "or not written by lsnet)")
     if task is not None and config["task"] != task:
-        raise ConfigError(f"{ck.path} is a checkpoint of lsnet {config['task']}, not of lsnet {task}")
+        writers = {"classify": "lsnet train", "detect": "lsnet detect train", "segment": "lsnet segment train"}
+        raise ConfigError(f"{ck.path} was written by {writers.get(config['task'], config['task'])}, not by "
+                          f"{writers.get(task, task)}")
     try:
         cfg = DenseConfig.from_dict({**config, "backbone_checkpoint": None})
         model = build_dense_model(cfg, len(names))

@@ -18,8 +18,7 @@ from ..engine.loop import (
     fit,
     train_loader,
 )
-from ..errors import ConfigError, UserError
-from ..models.checkpoint import read_checkpoint_file
+from ..errors import ConfigError
 from .config import DenseConfig
 from .data import build_dense_data, eval_loader
 
@@ -28,7 +27,6 @@ __all__ = [
     "build_dense_model",
     "evaluate_dense",
     "lr_factor",
-    "read_dense_checkpoint",
     "segmentation_loss",
     "train_dense",
 ]
@@ -139,19 +137,6 @@ def lr_factor(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> fl
     else:
         decay = (1 - min(it, total) / total) ** cfg.poly_power
     return warm * decay
-
-
-def read_dense_checkpoint(path) -> dict[str, Any]:
-    """A checkpoint written by ``lsnet detect|segment train``, read safely; one line naming the
-    file for anything else."""
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    ck = read_checkpoint_file(path)
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck or "task" not in ck["config"]:
-        raise UserError(f"{path} is not a checkpoint written by lsnet detect/segment train")
-    return ck
 
 
 class DenseTask(Task):
