@@ -229,7 +229,7 @@ class Run:
     device: torch.device
     out: Path
     resume: Optional[Dict[str, Any]] = None  # the checkpoint being resumed, if any
-    state: Dict[str, Any] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)  # between the engine's steps (e.g. "improved")
 
 
 class Task:
@@ -550,9 +550,6 @@ def _evaluate_and_log(task: Task, run: Run, state: _State, metrics: MetricsLog, 
     if val_ema:
         record.update({f"ema_{k}": v for k, v in val_ema.items() if isinstance(v, (int, float))})
     since.update(loss=0.0, seen=0, t0=now)
-    run.state["last_eval"] = {"val": val, "ema": val_ema, "improved": improved}
-    if improved:
-        run.state["best_eval"] = val_ema if state.best.get("ema") else val
     if info.is_main:
         metrics.append(record)
         where = f"epoch {state.epoch}/{epochs}"
