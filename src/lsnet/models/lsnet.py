@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SqueezeExcite, trunc_normal_
+from timm.layers import DropPath, SqueezeExcite, register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -145,6 +145,9 @@ class LKP(nn.Module):
         return w.view(n, self.kernel_groups, self.small_kernel ** 2, h, wd)
 
 
+register_notrace_module(SKA)  # shape checks and device dispatch: a leaf for torch.fx
+
+
 class LSConv(nn.Module):
     """LS convolution: ``bn(SKA(x, LKP(x))) + x``."""
 
@@ -212,16 +215,7 @@ class Attention(nn.Module):
 
     def attention_bias(self, height: int, width: int) -> torch.Tensor:
         """The (heads, H*W, H*W) additive bias for an ``height`` x ``width`` grid."""
-        r = self.resolution
-        if height == r and width == r:
-            return self.attention_biases[:, self.attention_bias_idxs]
-        table = self.attention_biases.view(1, self.num_heads, r, r)
-        if (height, width) != (r, r):
-            table = F.interpolate(table.float(), size=(height, width), mode="bicubic", align_corners=False)
-            table = table.to(self.attention_biases.dtype)
-        table = table.reshape(self.num_heads, height * width)
-        idx = attention_bias_index(height, width).to(table.device)
-        return table[:, idx]
+        return attention_bias_table(self.attention_biases, self.attention_bias_idxs, self.resolution, height, width)
 
     def forward(self, x):
         b, _, h, w = x.shape
@@ -235,6 +229,20 @@ class Attention(nn.Module):
         attn = attn.softmax(dim=-1)
         x = (v @ attn.transpose(-2, -1)).reshape(b, -1, h, w)
         return self.proj(x)
+
+
+@register_notrace_function  # branches on the grid size: a leaf for torch.fx (whose autowrap skips _names)
+def attention_bias_table(biases: torch.Tensor, idxs: torch.Tensor, resolution: int, height: int,
+                    width: int) -> torch.Tensor:
+    """The bias table ``biases`` (heads, r*r) for an ``height`` x ``width`` grid: indexed as
+    trained at the training grid, bicubically resized to other grids."""
+    r = resolution
+    if height == r and width == r:
+        return biases[:, idxs]
+    table = biases.view(1, biases.shape[0], r, r)
+    table = F.interpolate(table.float(), size=(height, width), mode="bicubic", align_corners=False)
+    table = table.to(biases.dtype).reshape(biases.shape[0], height * width)
+    return table[:, attention_bias_index(height, width).to(table.device)]
 
 
 class Block(nn.Module):
@@ -265,6 +273,19 @@ def _stage_resolutions(img_size: int, patch_size: int = 8, num_stages: int = 4) 
     for _ in range(num_stages - 1):
         res.append((res[-1] - 1) // 2 + 1)
     return res
+
+
+@register_notrace_function  # branches on the input's shape: a leaf for torch.fx
+def check_lsnet_input(x: torch.Tensor, in_chans: int) -> None:
+    """Raise ``ValueError`` for an input LSNet cannot take (wrong rank, channels, too small)."""
+    if x.dim() != 4:
+        raise ValueError(f"LSNet expects a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"LSNet was built for {in_chans}-channel input (in_chans), "
+                         f"got {x.shape[1]} channels in an input of shape {tuple(x.shape)}")
+    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+        raise ValueError(f"LSNet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
+                         f"(it downsamples 64x), got {x.shape[2]}x{x.shape[3]}")
 
 
 class LSNet(StagedModel):
@@ -396,14 +417,7 @@ class LSNet(StagedModel):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` for an input this network cannot take."""
-        if x.dim() != 4:
-            raise ValueError(f"LSNet expects a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"LSNet was built for {self.in_chans}-channel input (in_chans), "
-                             f"got {x.shape[1]} channels in an input of shape {tuple(x.shape)}")
-        if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
-            raise ValueError(f"LSNet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
-                             f"(it downsamples 64x), got {x.shape[2]}x{x.shape[3]}")
+        check_lsnet_input(x, self.in_chans)
 
     def _run_stage(self, stage: nn.Sequential, x):
         if self.grad_checkpointing and not torch.jit.is_scripting() and len(stage) > 0:
