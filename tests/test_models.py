@@ -264,10 +264,12 @@ def test_reset_classifier_keeps_dtype_device_and_mode():
     assert m(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 3)  # a batch of one in eval mode
 
 
-@pytest.mark.parametrize("size", [(224, 224), (256, 320)])
-def test_lsnet_traces_with_torch_fx(size):
-    """torch.fx symbolic tracing (timm's feature extraction, torchvision's tools): the shape
-    checks, SKA's dispatch and the attention-bias resize are leaves; outputs unchanged."""
+@pytest.mark.parametrize("name,size", [("lsnet_t_distill", (224, 224)), ("lsnet_t_distill", (256, 320)),
+                                       ("lolvit_s", (224, 224)), ("lolvit_s", (97, 130))])
+def test_models_trace_with_torch_fx(name, size):
+    """torch.fx symbolic tracing (timm's feature extraction, torchvision's tools): LSNet's shape
+    checks, SKA's dispatch and the attention-bias resize, and LOLViT's blocks, are leaves;
+    outputs unchanged."""
     from timm.layers import get_notrace_functions, get_notrace_modules
     from torch.fx import GraphModule, Tracer
 
@@ -277,7 +279,7 @@ def test_lsnet_traces_with_torch_fx(size):
         def is_leaf_module(self, m, name):
             return isinstance(m, leaves) or super().is_leaf_module(m, name)
 
-    model = timm.create_model("lsnet_t_distill", num_classes=5).eval()
+    model = timm.create_model(name, num_classes=5).eval()
     traced = GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
     x = torch.randn(2, 3, *size)
     with torch.no_grad():

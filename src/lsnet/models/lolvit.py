@@ -89,7 +89,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -284,6 +284,7 @@ class MobileViTFusion(nn.Module):
         return self.fuse_conv(torch.cat([x, self.proj(g)], dim=1))
 
 
+@register_notrace_module  # pads and folds by the feature map's size: a leaf for torch.fx
 class LOLViTBlock(nn.Module):
     """Up-scaling 1x1 conv, serialisation into patches' token sequences, ``depth`` FWA layers
     (with key-sequence caching), and FeatureFusion with the block input."""
