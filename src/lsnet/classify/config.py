@@ -67,8 +67,6 @@ class TrainConfig(RunConfig):
     teacher_checkpoint: Optional[str] = None
     distillation_alpha: float = 0.5
     distillation_tau: float = 1.0
-    # execution (the engine's options; these defaults differ from RunConfig's)
-    workers: int = 4
     eval_every: int = 1
 
     def validate(self) -> None:

@@ -8,11 +8,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
-__all__ = ["RunConfig", "RESUME_OVERRIDABLE"]
-
-#: Options a resumed run may change without changing what the run computes.
-RESUME_OVERRIDABLE = ("epochs", "iters", "output", "resume", "stop_after", "device", "workers", "log_interval",
-                      "tensorboard", "overwrite")
+__all__ = ["RunConfig"]
 
 
 @dataclass
