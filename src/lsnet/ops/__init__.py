@@ -2,6 +2,18 @@
 
 from .backends import register_ska_backend, ska_backend
 from .checks import check_ska_shapes
+from .rotated_boxes import (
+    batched_nms_rotated as batched_nms_rotated,
+    box_area_rotated as box_area_rotated,
+    box_iou_rotated as box_iou_rotated,
+    hbox_to_obb as hbox_to_obb,
+    nms_rotated as nms_rotated,
+    norm_angle as norm_angle,
+    norm_angle_le90 as norm_angle_le90,
+    obb_to_hbox as obb_to_hbox,
+    obb_to_poly as obb_to_poly,
+    poly_to_obb as poly_to_obb,
+)
 from .ska import SKA, ska, ska_functional, ska_reference, ska_shift
 
 __all__ = ["SKA", "ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend",
