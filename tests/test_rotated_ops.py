@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lsnet.ops import (
+    RotatedRoIAlign,
     batched_nms_rotated,
     box_iou_rotated,
     hbox_to_obb,
@@ -21,6 +22,7 @@ from lsnet.ops import (
     obb_to_hbox,
     obb_to_poly,
     poly_to_obb,
+    roi_align_rotated,
 )
 
 # ---------------------------------------------------------------------------------------
@@ -300,3 +302,100 @@ def test_batched_nms_equals_per_class_nms():
     # with a single class it is plain NMS
     assert batched_nms_rotated(b, s, torch.zeros(200, dtype=torch.long), 0.3).tolist() == \
         nms_rotated(b, s, 0.3).tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# RoIAlignRotated
+# ---------------------------------------------------------------------------------------
+
+def test_roi_align_angle_zero_equals_torchvision():
+    from torchvision.ops import roi_align
+
+    gen = torch.Generator().manual_seed(7)
+    feat = torch.randn(2, 3, 20, 24, generator=gen, dtype=torch.float64)
+    rois = torch.tensor([[0, 20.0, 16.0, 12.0, 8.0, 0.0],
+                         [1, 5.0, 30.0, 17.0, 9.0, 0.0],     # crosses the left border
+                         [1, 40.0, 3.0, 30.0, 25.0, 0.0],    # crosses two borders, adaptive grid 3x4
+                         [0, 24.0, 20.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
+    boxes = torch.cat([rois[:, :1], rois[:, 1:3] - rois[:, 3:5] / 2, rois[:, 1:3] + rois[:, 3:5] / 2], 1)
+    for ratio in (0, 2):
+        for clockwise in (False, True):
+            got = roi_align_rotated(feat, rois, (4, 5), 0.5, ratio, aligned=True, clockwise=clockwise)
+            ref = roi_align(feat, boxes, (4, 5), 0.5, ratio, aligned=True)
+            torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+    # unaligned, for rois of at least one feature pixel (a smaller one is widened to 1 about
+    # its centre by mmcv's rotated kernel, but from its corner x1 by torchvision's)
+    got = roi_align_rotated(feat, rois[:3], 3, 0.5, 2, aligned=False)
+    torch.testing.assert_close(got, roi_align(feat, boxes[:3], 3, 0.5, 2, aligned=False), atol=1e-12, rtol=0)
+
+
+def test_roi_align_quarter_turn_by_hand():
+    # f(y, x) = x. A roi 4 wide and 2 high at (8, 8), turned by 90 degrees, output 2 x 4.
+    # aligned: the centre moves to (7.5, 7.5). Bin centres of the 2 rows sit at local
+    # v = -0.5 and +0.5 across the box; a quarter turn clockwise on screen (le90, clockwise=
+    # True) maps local (u, v) to (-v, u), so row 0 reads x = 7.5 + 0.5 = 8 and row 1 x = 7,
+    # constant along each row (the w side now runs down the image, where f is constant).
+    # Linear f: the mean over a bin's symmetric samples is f at the bin centre.
+    feat = torch.arange(16.0, dtype=torch.float64).repeat(16, 1)[None, None]
+    roi = torch.tensor([[0, 8.0, 8.0, 4.0, 2.0, math.pi / 2]], dtype=torch.float64)
+    cw = roi_align_rotated(feat, roi, (2, 4), 1.0, 2, aligned=True, clockwise=True)
+    torch.testing.assert_close(cw[0, 0], torch.tensor([[8.0] * 4, [7.0] * 4], dtype=torch.float64))
+    # counter-clockwise (mmcv's default) turns the other way: (u, v) -> (v, -u)
+    ccw = roi_align_rotated(feat, roi, (2, 4), 1.0, 2, aligned=True, clockwise=False)
+    torch.testing.assert_close(ccw[0, 0], torch.tensor([[7.0] * 4, [8.0] * 4], dtype=torch.float64))
+
+
+def test_roi_align_linear_ramp_at_rotated_bin_centres():
+    # bilinear interpolation is exact for f = a x + b y + c, so each output is f at its
+    # rotated bin centre, computed here from the le90 corner formula of the docs
+    h, w = 40, 48
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    feat = torch.stack([0.7 * xs - 0.3 * ys + 2.0, -0.2 * xs + 1.1 * ys])[None]
+    gen = torch.Generator().manual_seed(8)
+    k = 10
+    rois = torch.cat([torch.zeros(k, 1, dtype=torch.float64),
+                      torch.rand(k, 2, generator=gen, dtype=torch.float64) * 16 + 16,
+                      torch.rand(k, 2, generator=gen, dtype=torch.float64) * 8 + 4,
+                      (torch.rand(k, 1, generator=gen, dtype=torch.float64) - 0.5) * math.pi], 1)
+    oh, ow = 3, 4
+    got = roi_align_rotated(feat, rois, (oh, ow), 1.0, 0, aligned=True, clockwise=True)
+    for r in range(k):
+        _, cx, cy, bw, bh, a = rois[r].tolist()
+        for i in range(oh):
+            for j in range(ow):
+                u = -bw / 2 + (j + 0.5) * bw / ow
+                v = -bh / 2 + (i + 0.5) * bh / oh
+                x = cx + math.cos(a) * u - math.sin(a) * v - 0.5
+                y = cy + math.sin(a) * u + math.cos(a) * v - 0.5
+                expected = [0.7 * x - 0.3 * y + 2.0, -0.2 * x + 1.1 * y]
+                assert got[r, :, i, j].tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_roi_align_borders_batches_and_module():
+    feat = torch.ones(2, 1, 8, 8)
+    feat[1] *= 5
+    rois = torch.tensor([[1, 4.0, 4.0, 4.0, 4.0, 0.3],       # inside image 1
+                         [0, 100.0, 100.0, 4.0, 4.0, 0.0],   # far outside: zeros
+                         [0, 4.0, 4.0, 0.0, 0.0, 0.0]])      # empty roi, adaptive grid: zeros
+    out = RotatedRoIAlign(2, 1.0, 0, clockwise=True)(feat, rois)
+    assert out.shape == (3, 1, 2, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out[0], torch.full((1, 2, 2), 5.0))
+    assert (out[1:] == 0).all()
+    assert roi_align_rotated(feat, torch.zeros(0, 6), 7).shape == (0, 1, 7, 7)
+    with pytest.raises(ValueError):
+        roi_align_rotated(feat, torch.zeros(3, 5), 7)
+    with pytest.raises(ValueError):
+        roi_align_rotated(feat, torch.tensor([[2, 4.0, 4.0, 2.0, 2.0, 0.0]]), 7)
+
+
+def test_roi_align_gradcheck():
+    gen = torch.Generator().manual_seed(9)
+    feat = torch.randn(2, 2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 3.3, 3.1, 4.2, 2.7, 0.4],
+                         [1, 5.2, 2.9, 5.5, 3.3, -1.1],
+                         [1, 7.1, 6.4, 4.0, 4.0, 0.9]], dtype=torch.float64)  # partly outside
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align_rotated(f, rois, (2, 3), 1.0, 2, aligned=True, clockwise=True), (feat,))
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align_rotated(f, rois, 2, 0.8, 0, aligned=False, clockwise=False), (feat,))

@@ -14,6 +14,8 @@ from .rotated_boxes import (
     obb_to_poly as obb_to_poly,
     poly_to_obb as poly_to_obb,
 )
+from .rotated_roi_align import RotatedRoIAlign as RotatedRoIAlign
+from .rotated_roi_align import roi_align_rotated as roi_align_rotated
 from .ska import SKA, ska, ska_functional, ska_reference, ska_shift
 
 __all__ = ["SKA", "ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend",
