@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from lsnet.ops import (
+    DeltaXYWHAOBBoxCoder,
+    MidpointOffsetCoder,
     RotatedRoIAlign,
     batched_nms_rotated,
     box_iou_rotated,
@@ -399,3 +401,79 @@ def test_roi_align_gradcheck():
         lambda f: roi_align_rotated(f, rois, (2, 3), 1.0, 2, aligned=True, clockwise=True), (feat,))
     assert torch.autograd.gradcheck(
         lambda f: roi_align_rotated(f, rois, 2, 0.8, 0, aligned=False, clockwise=False), (feat,))
+
+
+# ---------------------------------------------------------------------------------------
+# box coders
+# ---------------------------------------------------------------------------------------
+
+def coder_boxes(n, gen, away_from_axes=False):
+    b = random_boxes(n, gen, spread=100.0, size=40.0)
+    b[:, 2:4] += 5.0
+    if away_from_axes:
+        # keep every edge at least 0.1 rad off the axes: the midpoint coder treats vertices
+        # within 0.1 pixel of the same height as level, which snaps near-level boxes
+        mag = torch.rand(n, generator=gen, dtype=torch.float64) * (math.pi / 2 - 0.2) + 0.1
+        sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).double()
+        b[:, 4] = mag * sign
+    return b
+
+
+def test_midpoint_offset_known_deltas():
+    coder = MidpointOffsetCoder()
+    # an axis-aligned target against its own box: centre and size deltas 0, and the top
+    # and right vertices are the corners (x2, y1), (x2, y2): da = db = 0.5, i.e. 1 / std 0.5
+    gt = torch.tensor([[10.0, 20.0, 8.0, 4.0, 0.0]])
+    d = coder.encode(obb_to_hbox(gt), gt)
+    torch.testing.assert_close(d, torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]]))
+    # a square turned by 45 degrees: its top vertex is above the centre and its right one
+    # level with it, so all six deltas are 0
+    diamond = torch.tensor([[10.0, 20.0, 6.0, 6.0, math.pi / 4]])
+    torch.testing.assert_close(coder.encode(obb_to_hbox(diamond), diamond), torch.zeros(1, 6),
+                               atol=1e-6, rtol=0)
+    # a proposal twice as big and shifted right by half its width
+    prop = torch.tensor([[8.0, 16.0, 24.0, 24.0]])  # centre (16, 20), 16 x 8
+    d = coder.encode(prop, gt)
+    torch.testing.assert_close(d[:, :4], torch.tensor([[-6.0 / 16, 0.0, math.log(0.5), math.log(0.5)]]))
+
+
+def test_midpoint_offset_round_trip():
+    gen = torch.Generator().manual_seed(10)
+    coder = MidpointOffsetCoder()
+    gt = coder_boxes(300, gen, away_from_axes=True)
+    prop = obb_to_hbox(gt) + torch.randn(300, 4, generator=gen, dtype=torch.float64)  # stays well-formed
+    back = coder.decode(prop, coder.encode(prop, gt))
+    assert (back[:, 4] >= -math.pi / 2).all() and (back[:, 4] < math.pi / 2).all()
+    ok, err = same_rectangles(back, gt, 1e-6)
+    assert ok, err
+    torch.testing.assert_close(back, norm_angle_le90(gt), atol=1e-6, rtol=0)
+    # axis-aligned targets come back exactly too, and float32 works
+    level = hbox_to_obb(torch.tensor([[0.0, 0.0, 10.0, 4.0], [5.0, 5.0, 8.0, 20.0]]))
+    back = coder.decode(obb_to_hbox(level) + 1.0, coder.encode(obb_to_hbox(level) + 1.0, level))
+    assert same_rectangles(back, level, 1e-4)[0]
+
+
+def test_delta_xywha_known_deltas_and_round_trip():
+    gen = torch.Generator().manual_seed(11)
+    coder = DeltaXYWHAOBBoxCoder()
+    gt = norm_angle_le90(coder_boxes(300, gen))
+    torch.testing.assert_close(coder.encode(gt, gt), torch.zeros(300, 5, dtype=torch.float64))
+    prop = norm_angle_le90(gt + torch.randn(300, 5, generator=gen, dtype=torch.float64)
+                           * torch.tensor([3.0, 3.0, 2.0, 2.0, 0.3], dtype=torch.float64))
+    for c in (coder, DeltaXYWHAOBBoxCoder(edge_swap=False, proj_xy=False),
+              DeltaXYWHAOBBoxCoder(norm_factor=0.5, proj_xy=False)):
+        back = c.decode(prop, c.encode(prop, gt))
+        assert same_rectangles(back, gt, 1e-6)[0], c.__dict__
+    back = coder.decode(prop, coder.encode(prop, gt))
+    torch.testing.assert_close(back, gt, atol=1e-6, rtol=0)  # le90 in, le90 out
+    # a target written with swapped sides is read as the same rectangle (edge_swap)
+    swapped = torch.stack([gt[:, 0], gt[:, 1], gt[:, 3], gt[:, 2], gt[:, 4] + math.pi / 2], 1)
+    torch.testing.assert_close(coder.encode(prop, swapped), coder.encode(prop, gt), atol=1e-9, rtol=0)
+    # proj_xy measures the offset in the proposal's frame: a shift along its w side is dx only
+    p = torch.tensor([[0.0, 0.0, 10.0, 5.0, math.pi / 6]])
+    g = torch.tensor([[5 * math.cos(math.pi / 6), 5 * math.sin(math.pi / 6), 10.0, 5.0, math.pi / 6]])
+    torch.testing.assert_close(coder.encode(p, g), torch.tensor([[0.5 / 0.1, 0.0, 0.0, 0.0, 0.0]]),
+                               atol=1e-5, rtol=0)
+    # max_shape clamps the centre
+    far = coder.decode(p, torch.tensor([[100.0, 100.0, 0.0, 0.0, 0.0]]), max_shape=(32, 48))
+    assert far[0, 0].item() == 47 and far[0, 1].item() == 31

@@ -3,6 +3,8 @@
 from .backends import register_ska_backend, ska_backend
 from .checks import check_ska_shapes
 from .rotated_boxes import (
+    DeltaXYWHAOBBoxCoder as DeltaXYWHAOBBoxCoder,
+    MidpointOffsetCoder as MidpointOffsetCoder,
     batched_nms_rotated as batched_nms_rotated,
     box_area_rotated as box_area_rotated,
     box_iou_rotated as box_iou_rotated,

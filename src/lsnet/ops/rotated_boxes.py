@@ -21,6 +21,7 @@ runs on CPU and GPU alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ import torch
 from ..errors import ConfigError
 
 __all__ = [
+    "DeltaXYWHAOBBoxCoder",
+    "MidpointOffsetCoder",
     "batched_nms_rotated",
     "box_area_rotated",
     "box_iou_rotated",
@@ -412,3 +415,182 @@ def batched_nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.T
         raise ValueError(f"batched_nms_rotated: scores and idxs must be (N,) for boxes (N, 5); got "
                          f"{tuple(scores.shape)}, {tuple(idxs.shape)} and {tuple(boxes.shape)}")
     return _greedy_nms(boxes, scores, float(iou_threshold), idxs.to(boxes.device))
+
+
+# ----------------------------------------------------------------------------------------
+# Box coders
+# ----------------------------------------------------------------------------------------
+
+class MidpointOffsetCoder:
+    """Oriented R-CNN's midpoint-offset coder (Xie et al., ICCV 2021; mmrotate's
+    ``MidpointOffsetCoder``): horizontal proposals (x1, y1, x2, y2) against rotated targets.
+
+    A target box is described by its horizontal enclosing box (centre gx, gy, size gw, gh)
+    and two offsets: ``da = (ga - gx) / gw`` with ``ga`` the x of the box's top vertex (the
+    one with the smallest y), and ``db = (gb - gy) / gh`` with ``gb`` the y of its rightmost
+    vertex. Where two vertices are equally high (or equally far right) within 0.1 pixel,
+    the one with the larger x (larger y) counts, as in mmrotate; an axis-aligned box thus
+    has da = db = 0.5. Deltas are ``(dx, dy, dw, dh, da, db)`` with the usual
+    ``dx = (gx - px) / pw``, ``dw = log(gw / pw)``, then ``(delta - means) / stds``.
+
+    Decoding rebuilds the parallelogram with vertices (ga, y1), (x2, gb), (2gx - ga, y2),
+    (x1, 2gy - gb), stretches its half-diagonals to the longest one (a parallelogram with
+    equal diagonals is a rectangle) and reads it with :func:`poly_to_obb`, giving le90 boxes.
+    """
+
+    def __init__(self, target_means: Sequence[float] = (0.0,) * 6,
+                 target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 0.5, 0.5), angle_range: str = "le90"):
+        if angle_range != "le90":
+            raise ConfigError(f"MidpointOffsetCoder: only angle_range='le90' is implemented, not {angle_range!r}")
+        if len(target_means) != 6 or len(target_stds) != 6:
+            raise ConfigError("MidpointOffsetCoder: target_means and target_stds need 6 values each")
+        self.means = tuple(float(v) for v in target_means)
+        self.stds = tuple(float(v) for v in target_stds)
+        self.angle_range = angle_range
+
+    def encode(self, proposals: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Deltas ``[..., 6]`` that take horizontal ``proposals [..., 4]`` to ``gt [..., 5]``."""
+        _check_last(proposals, 4, "MidpointOffsetCoder.encode", "proposals")
+        _check_last(gt, 5, "MidpointOffsetCoder.encode", "gt")
+        px = (proposals[..., 0] + proposals[..., 2]) / 2
+        py = (proposals[..., 1] + proposals[..., 3]) / 2
+        pw = proposals[..., 2] - proposals[..., 0]
+        ph = proposals[..., 3] - proposals[..., 1]
+        hb = obb_to_hbox(gt)
+        poly = obb_to_poly(gt)
+        xs, ys = poly[..., 0::2], poly[..., 1::2]
+        gx = (hb[..., 0] + hb[..., 2]) / 2
+        gy = (hb[..., 1] + hb[..., 3]) / 2
+        gw = hb[..., 2] - hb[..., 0]
+        gh = hb[..., 3] - hb[..., 1]
+        neg = torch.full_like(xs, -math.inf)
+        top = (ys - ys.amin(-1, keepdim=True)).abs() <= 0.1
+        ga = torch.where(top, xs, neg).amax(-1)
+        right = (xs - xs.amax(-1, keepdim=True)).abs() <= 0.1
+        gb = torch.where(right, ys, neg).amax(-1)
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph),
+                              (ga - gx) / gw, (gb - gy) / gh], dim=-1)
+        return (deltas - deltas.new_tensor(self.means)) / deltas.new_tensor(self.stds)
+
+    def decode(self, proposals: torch.Tensor, deltas: torch.Tensor, max_shape=None,
+               wh_ratio_clip: float = 16 / 1000) -> torch.Tensor:
+        """le90 boxes ``[..., 5]`` from horizontal ``proposals [..., 4]`` and ``deltas [..., 6]``.
+
+        ``dw`` and ``dh`` are clipped to ``|log(wh_ratio_clip)|`` and ``da``, ``db`` to
+        [-0.5, 0.5]. ``max_shape`` is accepted for mmdet's interface and ignored, as in
+        mmrotate: clipping a rotated box to the image would change its shape.
+        """
+        del max_shape
+        _check_last(proposals, 4, "MidpointOffsetCoder.decode", "proposals")
+        _check_last(deltas, 6, "MidpointOffsetCoder.decode", "deltas")
+        d = deltas * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
+        dx, dy, dw, dh, da, db = d.unbind(-1)
+        max_ratio = abs(math.log(wh_ratio_clip))
+        dw = dw.clamp(-max_ratio, max_ratio)
+        dh = dh.clamp(-max_ratio, max_ratio)
+        da = da.clamp(-0.5, 0.5)
+        db = db.clamp(-0.5, 0.5)
+        px = (proposals[..., 0] + proposals[..., 2]) / 2
+        py = (proposals[..., 1] + proposals[..., 3]) / 2
+        pw = proposals[..., 2] - proposals[..., 0]
+        ph = proposals[..., 3] - proposals[..., 1]
+        gw, gh = pw * dw.exp(), ph * dh.exp()
+        gx, gy = px + pw * dx, py + ph * dy
+        # vertices relative to the centre: top, right, bottom, left (the last two mirrored)
+        vx = torch.stack([da * gw, gw / 2, -da * gw, -gw / 2], dim=-1)
+        vy = torch.stack([-gh / 2, db * gh, gh / 2, -db * gh], dim=-1)
+        length = torch.hypot(vx, vy)
+        longest = length.amax(-1, keepdim=True)
+        stretch = torch.where(length > 0, longest / torch.where(length > 0, length, torch.ones_like(length)),
+                              torch.ones_like(length))
+        vx = vx * stretch + gx[..., None]
+        vy = vy * stretch + gy[..., None]
+        return poly_to_obb(torch.stack([vx, vy], dim=-1).flatten(-2))
+
+
+class DeltaXYWHAOBBoxCoder:
+    """mmrotate's ``DeltaXYWHAOBBoxCoder``: rotated proposals ``(px, py, pw, ph, pa)`` against
+    rotated targets, deltas ``(dx, dy, dw, dh, da)``, then ``(delta - means) / stds``.
+
+    * ``proj_xy``: the centre offset is measured in the proposal's own frame,
+      ``dx = ((gx - px) cos(pa) + (gy - py) sin(pa)) / pw`` and
+      ``dy = (-(gx - px) sin(pa) + (gy - py) cos(pa)) / ph``; else ``dx = (gx - px) / pw``.
+    * ``edge_swap``: the target is read either as given or with its sides swapped and
+      angle turned by pi/2, whichever gives the smaller ``|norm_angle(ga - pa)|``; decoding
+      then makes the longer side ``w`` (turning the angle by pi/2 where it swaps).
+    * ``da = norm_angle(ga - pa)`` in ``angle_range``, divided by ``norm_factor * pi``
+      when ``norm_factor`` is set; ``dw = log(gw / pw)``.
+
+    Decoding clips ``dw``, ``dh`` to ``|log(wh_ratio_clip)|`` and, with ``max_shape``
+    (H, W, ...), the centre to ``[0, W-1] x [0, H-1]``.
+    """
+
+    def __init__(self, target_means: Sequence[float] = (0.0,) * 5,
+                 target_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2, 0.1), angle_range: str = "le90",
+                 norm_factor: float | None = None, edge_swap: bool = True, proj_xy: bool = True):
+        norm_angle(torch.zeros(1), angle_range)  # validates the name
+        if len(target_means) != 5 or len(target_stds) != 5:
+            raise ConfigError("DeltaXYWHAOBBoxCoder: target_means and target_stds need 5 values each")
+        self.means = tuple(float(v) for v in target_means)
+        self.stds = tuple(float(v) for v in target_stds)
+        self.angle_range = angle_range
+        self.norm_factor = norm_factor
+        self.edge_swap = bool(edge_swap)
+        self.proj_xy = bool(proj_xy)
+
+    def encode(self, proposals: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Deltas ``[..., 5]`` that take rotated ``proposals [..., 5]`` to ``gt [..., 5]``."""
+        _check_last(proposals, 5, "DeltaXYWHAOBBoxCoder.encode", "proposals")
+        _check_last(gt, 5, "DeltaXYWHAOBBoxCoder.encode", "gt")
+        px, py, pw, ph, pa = proposals.unbind(-1)
+        gx, gy, gw, gh, ga = gt.unbind(-1)
+        if self.proj_xy:
+            cos, sin = torch.cos(pa), torch.sin(pa)
+            dx = (cos * (gx - px) + sin * (gy - py)) / pw
+            dy = (-sin * (gx - px) + cos * (gy - py)) / ph
+        else:
+            dx = (gx - px) / pw
+            dy = (gy - py) / ph
+        if self.edge_swap:
+            da1 = norm_angle(ga - pa, self.angle_range)
+            da2 = norm_angle(ga - pa + _HALF_PI, self.angle_range)
+            first = da1.abs() < da2.abs()
+            da = torch.where(first, da1, da2)
+            gw, gh = torch.where(first, gw, gh), torch.where(first, gh, gw)
+        else:
+            da = norm_angle(ga - pa, self.angle_range)
+        if self.norm_factor:
+            da = da / (self.norm_factor * math.pi)
+        deltas = torch.stack([dx, dy, torch.log(gw / pw), torch.log(gh / ph), da], dim=-1)
+        return (deltas - deltas.new_tensor(self.means)) / deltas.new_tensor(self.stds)
+
+    def decode(self, rois: torch.Tensor, deltas: torch.Tensor, max_shape=None,
+               wh_ratio_clip: float = 16 / 1000) -> torch.Tensor:
+        """Boxes ``[..., 5]`` (le90 with the default flags) from ``rois [..., 5]`` and
+        ``deltas [..., 5]``."""
+        _check_last(rois, 5, "DeltaXYWHAOBBoxCoder.decode", "rois")
+        _check_last(deltas, 5, "DeltaXYWHAOBBoxCoder.decode", "deltas")
+        d = deltas * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
+        dx, dy, dw, dh, da = d.unbind(-1)
+        if self.norm_factor:
+            da = da * (self.norm_factor * math.pi)
+        px, py, pw, ph, pa = rois.unbind(-1)
+        max_ratio = abs(math.log(wh_ratio_clip))
+        gw = pw * dw.clamp(-max_ratio, max_ratio).exp()
+        gh = ph * dh.clamp(-max_ratio, max_ratio).exp()
+        if self.proj_xy:
+            cos, sin = torch.cos(pa), torch.sin(pa)
+            gx = px + dx * pw * cos - dy * ph * sin
+            gy = py + dx * pw * sin + dy * ph * cos
+        else:
+            gx = px + dx * pw
+            gy = py + dy * ph
+        ga = norm_angle(pa + da, self.angle_range)
+        if max_shape is not None:
+            gx = gx.clamp(0, max_shape[1] - 1)
+            gy = gy.clamp(0, max_shape[0] - 1)
+        if self.edge_swap:
+            keep = gw > gh
+            gw, gh, ga = (torch.where(keep, gw, gh), torch.where(keep, gh, gw),
+                          norm_angle(torch.where(keep, ga, ga + _HALF_PI), self.angle_range))
+        return torch.stack([gx, gy, gw, gh, ga], dim=-1)
