@@ -169,8 +169,11 @@ def box_area_rotated(boxes: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 
 # Pairs of boxes handled at once by the polygon code; each pair holds about 3 KB of
-# float64 temporaries, so this bounds a chunk at roughly 100 MB.
-_PAIR_CHUNK = 1 << 15
+# float64 temporaries. On the CPU small chunks stay in cache (4096 pairs ran 1.5-2x faster
+# per pair than 32768 on the project's machine); on a GPU large ones amortise the ~100
+# kernel launches per chunk.
+_PAIR_CHUNK_CPU = 1 << 12
+_PAIR_CHUNK_GPU = 1 << 18
 
 
 def _cross(ax, ay, bx, by):
@@ -265,14 +268,15 @@ def _intersection_area(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
 def _pair_iou(b1: torch.Tensor, b2: torch.Tensor, mode: str) -> torch.Tensor:
     """IoU (or IoF) of paired float64 boxes (P, 5), in chunks of pairs."""
     out = b1.new_zeros(b1.shape[0])
-    for s in range(0, b1.shape[0], _PAIR_CHUNK):
-        p, q = b1[s:s + _PAIR_CHUNK], b2[s:s + _PAIR_CHUNK]
+    chunk = _PAIR_CHUNK_CPU if b1.device.type == "cpu" else _PAIR_CHUNK_GPU
+    for s in range(0, b1.shape[0], chunk):
+        p, q = b1[s:s + chunk], b2[s:s + chunk]
         area1 = p[:, 2] * p[:, 3]
         area2 = q[:, 2] * q[:, 3]
         inter = torch.minimum(_intersection_area(p, q), torch.minimum(area1, area2))
         denom = area1 if mode == "iof" else area1 + area2 - inter
         ok = denom > 0
-        out[s:s + _PAIR_CHUNK] = torch.where(ok, inter / torch.where(ok, denom, torch.ones_like(denom)),
+        out[s:s + chunk] = torch.where(ok, inter / torch.where(ok, denom, torch.ones_like(denom)),
                                              torch.zeros_like(inter))
     return out
 
@@ -287,17 +291,18 @@ def _may_overlap(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
     return (d2 <= (r1 + r2) ** 2 * (1 + 1e-9)) & pos
 
 
-# rows of the (N, M) candidate mask built at once: bounds that mask's float64 temporaries
-_ROW_CHUNK_ELEMS = 1 << 22
+# pairs of the (N, M) candidate mask built at once (whole rows): bounds the mask's float64
+# temporaries and the gathered candidate boxes of one block
+_ROW_CHUNK_ELEMS = 1 << 18
 
 
-def _candidate_pairs(b1: torch.Tensor, b2: torch.Tensor, upper: bool = False,
-                     groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (i, j) of the pairs that may overlap, row block by row block; ``upper``
-    keeps only j > i (b1 is b2), ``groups`` only pairs of the same group."""
+def _candidate_blocks(b1: torch.Tensor, b2: torch.Tensor, upper: bool = False,
+                      groups: torch.Tensor | None = None):
+    """Yield, row block by row block, the indices (i, j) of the pairs that may overlap;
+    ``upper`` keeps only j > i (b1 is b2), ``groups`` only pairs of the same group. The
+    caller computes each block's IoUs before the next, so memory stays bounded."""
     m = b2.shape[0]
     rows = max(1, _ROW_CHUNK_ELEMS // max(m, 1))
-    ii, jj = [], []
     cols = torch.arange(m, device=b1.device)
     for s in range(0, b1.shape[0], rows):
         mask = _may_overlap(b1[s:s + rows], b2)
@@ -306,12 +311,8 @@ def _candidate_pairs(b1: torch.Tensor, b2: torch.Tensor, upper: bool = False,
         if groups is not None:
             mask &= groups[s:s + rows, None] == groups[None, :]
         i, j = mask.nonzero(as_tuple=True)
-        ii.append(i + s)
-        jj.append(j)
-    if not ii:
-        empty = torch.zeros(0, dtype=torch.long, device=b1.device)
-        return empty, empty
-    return torch.cat(ii), torch.cat(jj)
+        if i.numel():
+            yield i + s, j
 
 
 def box_iou_rotated(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool = False,
@@ -343,8 +344,7 @@ def box_iou_rotated(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool = 
                                  f"got {b1.shape[0]} and {b2.shape[0]}")
             return _pair_iou(b1, b2, mode).to(out_dtype)
         out = b1.new_zeros(b1.shape[0], b2.shape[0])
-        i, j = _candidate_pairs(b1, b2)
-        if i.numel():
+        for i, j in _candidate_blocks(b1, b2):
             out[i, j] = _pair_iou(b1[i], b2[j], mode)
         return out.to(out_dtype)
 
@@ -366,13 +366,14 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
         g = groups[order] if groups is not None else None
         # only pairs (a, c) with a before c in score order can suppress; IoU only for
         # pairs that may overlap, so the work follows the overlaps, not N^2
-        a, c = _candidate_pairs(b, b, upper=True, groups=g)
-        if a.numel():
+        src, dst = [], []
+        for a, c in _candidate_blocks(b, b, upper=True, groups=g):
             hit = _pair_iou(b[a], b[c], "iou") > iou_threshold
-            a, c = a[hit], c[hit]
-        src = a.cpu().numpy()
-        dst = c.cpu().numpy()
-    # edges come out of _candidate_pairs sorted by source row; greedy over those sources
+            src.append(a[hit].cpu().numpy())
+            dst.append(c[hit].cpu().numpy())
+        src = np.concatenate(src) if src else np.zeros(0, dtype=np.int64)
+        dst = np.concatenate(dst) if dst else np.zeros(0, dtype=np.int64)
+    # edges come out of _candidate_blocks sorted by source row; greedy over those sources
     alive = np.ones(n, dtype=bool)
     if src.size:
         starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
