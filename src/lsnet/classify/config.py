@@ -9,14 +9,16 @@ augmentation); this module only holds the numbers and resolves them for one run.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..engine.config import RunConfig
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "add_train_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "PRESETS", "resolve_config", "add_train_arguments", "config_from_args",
+           "parse_model_kwargs"]
 
 
 @dataclass
@@ -24,6 +26,7 @@ class TrainConfig(RunConfig):
     """Everything a classification run depends on. Defaults are the paper's Table 10 recipe."""
 
     model: str = "lsnet_t"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # more arguments of timm.create_model
     data: str = "digits"
     output: str = "output/train"
     preset: str = "imagenet"
@@ -80,6 +83,8 @@ class TrainConfig(RunConfig):
             (self.distillation in ("none", "hard", "soft"), "--distillation must be none, hard or soft"),
             (0 <= self.distillation_alpha <= 1, "--distillation-alpha must lie in [0, 1]"),
             (self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}"),
+            (isinstance(self.model_kwargs, dict) and all(isinstance(k, str) for k in self.model_kwargs),
+             f"--model-kwargs must map names to values, got {self.model_kwargs!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -143,10 +148,50 @@ def _optional_float(text: str) -> Optional[float]:
     return 0.0 if text.lower() in ("none", "off") else float(text)
 
 
+#: Arguments of timm.create_model that ``lsnet train`` sets from its own flags.
+RESERVED_MODEL_KWARGS = {"num_classes": "--num-classes", "drop_path_rate": "--drop-path", "pretrained": "--pretrained"}
+
+
+def _model_kwarg(text: str) -> Tuple[str, Any]:
+    """One ``key=value`` of ``--model-kwargs``: the value as a Python literal (``3``, ``False``,
+    ``(64, 128)``, ``'x'``), or else as the plain string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value with a Python name as key, got {text!r}")
+    try:
+        return key, ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key, value.strip()
+
+
+def parse_model_kwargs(items: List[str]) -> Dict[str, Any]:
+    """``['large_kernel=3', 'use_se=False']`` -> ``{'large_kernel': 3, 'use_se': False}``.
+
+    Raises :class:`ConfigError` for an item that is not ``key=value``, a key given twice, or a
+    key that ``lsnet train`` sets from another flag (``num_classes``: ``--num-classes``, ...).
+    """
+    out: Dict[str, Any] = {}
+    for item in items:
+        try:
+            key, value = item if isinstance(item, tuple) else _model_kwarg(item)
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"--model-kwargs: {err}") from None
+        if key in out:
+            raise ConfigError(f"--model-kwargs: {key} is given twice")
+        if key in RESERVED_MODEL_KWARGS:
+            raise ConfigError(f"--model-kwargs: set {key} with {RESERVED_MODEL_KWARGS[key]}, not here")
+        out[key] = value
+    return out
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``lsnet train`` (timm's train.py names where one exists). All default to None so
     that only what the user sets overrides the preset."""
     p.add_argument("--model", help="timm model name (default lsnet_t)")
+    p.add_argument("--model-kwargs", nargs="+", type=_model_kwarg, metavar="KEY=VALUE",
+                   help="more arguments of timm.create_model, values as Python literals "
+                        "(e.g. large_kernel=3 use_se=False)")
     p.add_argument("--data", help="ImageFolder root with train/ and val/, or 'digits' (default)")
     p.add_argument("--output", help="run directory (default output/train)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="'small' (default for digits) or 'imagenet'")
@@ -204,6 +249,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Resolve the configuration from parsed ``lsnet train`` flags."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "model_kwargs" in overrides:
+        overrides["model_kwargs"] = parse_model_kwargs(overrides["model_kwargs"])
     if isinstance(overrides.get("aa"), str) and overrides["aa"].lower() == "none":
         overrides["aa"] = None
     return resolve_config(overrides)

@@ -62,7 +62,15 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         kwargs["drop_path_rate"] = cfg.drop_path
     if cfg.model.startswith("lsnet"):
         kwargs["img_size"] = cfg.img_size
-    model = timm.create_model(cfg.model, **kwargs)
+    extra = dict(cfg.model_kwargs or {})
+    try:
+        model = timm.create_model(cfg.model, **{**kwargs, **extra})  # e.g. img_size=64 for a ViT
+    except (TypeError, ValueError) as err:
+        if not extra:
+            raise
+        # an argument the model does not take (TypeError names it) or a value it refuses
+        given = " ".join(f"{k}={v!r}" for k, v in extra.items())
+        raise ConfigError(f"--model {cfg.model} with --model-kwargs {given}: {err}") from None
     if cfg.pretrained:
         load_checkpoint(model, cfg.pretrained, drop_head=True)
     return model

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
-from . import bench, convert, dense, evaluate, export, info, predict, robustness, train, visualize
+from . import ablate, bench, convert, dense, evaluate, export, info, predict, robustness, train, visualize
 
 
 class CLIError(UserError):
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     convert.add_parser(sub)
     dense.add_parsers(sub)
+    ablate.add_parser(sub)
     robustness.add_parser(sub)
     visualize.add_parser(sub)
     return parser

@@ -2,7 +2,9 @@
 
 The flop counter sees convolutions and matrix products. SKA is a per-pixel dynamic kernel
 that it does not know, so its K*K multiply-accumulates per output element are added from
-forward hooks on the ``SKA`` modules.
+forward hooks on the ``SKA`` modules. The counter also has no formula for the CPU kernel
+of ``F.scaled_dot_product_attention`` (``_scaled_dot_product_flash_attention_for_cpu``,
+what timm's ViTs call on the CPU); it gets the counter's own formula for the other SDPA kernels.
 """
 
 from __future__ import annotations
@@ -12,12 +14,21 @@ from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models import fuse
 from ..ops.ska import SKA
 
 __all__ = ["count_macs", "profile_model", "ModelProfile"]
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _extra_formulas() -> dict:
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _cpu_sdpa_flops} if op is not None else {}
 
 
 def _size2(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -41,7 +52,7 @@ def count_macs(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224, in
     model.eval()
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SKA)]
     try:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
         with counter:
             model(x)
     finally:

@@ -203,6 +203,10 @@ def load_for_inference(checkpoint: Union[str, os.PathLike, CheckpointFile], arch
     kwargs: Dict[str, Any] = {"num_classes": n}
     if arch.startswith("lsnet") and info.get("img_size"):
         kwargs["img_size"] = info["img_size"]  # sets the attention-bias grid the weights were trained with
+    saved = ck.content.get("config") if isinstance(ck.content, dict) else None
+    extra = saved.get("model_kwargs") if isinstance(saved, dict) else None
+    if isinstance(extra, dict) and (arch == saved.get("model") or not saved.get("model")):
+        kwargs.update(extra)  # trained with lsnet train --model-kwargs
     model = timm.create_model(arch, **kwargs)
     load_checkpoint(model, ck, use_ema=use_ema)
     if not names:

@@ -5,6 +5,7 @@ from .fuse import fuse
 from .lolvit import LOLViT, lolvit_s, lolvit_x  # registers lolvit_s / lolvit_x in timm
 from .lsnet import (MODEL_ARGS, LSNet, PretrainedWeightsUnavailable, checkpoint_filter_fn, lsnet_b,
                     lsnet_b_distill, lsnet_s, lsnet_s_distill, lsnet_t, lsnet_t_distill)
+from . import ablations  # noqa: E402,F401  registers the paper's ablation models (lsnet_t_kl3, resnet50_lsconv, ...)
 
 #: Names registered in timm by this package.
 MODEL_NAMES = ("lsnet_t", "lsnet_s", "lsnet_b", "lsnet_t_distill", "lsnet_s_distill", "lsnet_b_distill")

@@ -118,29 +118,54 @@ class RepVGGDW(nn.Module):
         return conv
 
 
+def _check_kernel(name: str, k) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+        raise ValueError(f"{name} must be an odd positive integer (3, 5, 7, ...), got {k!r}")
+
+
 class LKP(nn.Module):
     """Large-kernel perception: predicts a K x K kernel per pixel and per group of channels.
 
-    Output shape (N, C / groups, K*K, H, W) for input (N, C, H, W).
+    Output shape (N, C / groups, K*K, H, W) for input (N, C, H, W), where K = ``small_kernel``
+    and ``groups`` is the number of channels that share one kernel (the paper's C/G).
+
+    Ablation options (the release uses the defaults): ``use_large_kernel=False`` drops the
+    K_L x K_L depth-wise conv ``cv2`` (the paper's "w/o LKP"); ``dynamic=False`` makes ``cv4``
+    project to C feature channels without the GroupNorm, returning (N, C, H, W) features
+    instead of kernels (the LKP half of the paper's "w/o SKA").
     """
 
-    def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8):
+    def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8,
+                 use_large_kernel: bool = True, dynamic: bool = True):
         super().__init__()
-        if dim % groups != 0 or dim % 2 != 0:
-            raise ValueError(f"LKP: dim={dim} must be even and a multiple of groups={groups}")
+        _check_kernel("large_kernel", large_kernel)
+        _check_kernel("small_kernel", small_kernel)
+        if dim % 2 != 0 or (dynamic and (groups < 1 or dim % groups != 0)):
+            raise ValueError(f"LKP: dim={dim} must be even and a multiple of groups={groups} "
+                             "(channels per kernel group)")
         half = dim // 2
         self.cv1 = ConvBN(dim, half)
         self.act = nn.ReLU()
-        self.cv2 = ConvBN(half, half, large_kernel, padding=(large_kernel - 1) // 2, groups=half)
+        if use_large_kernel:
+            self.cv2 = ConvBN(half, half, large_kernel, padding=(large_kernel - 1) // 2, groups=half)
+        else:
+            self.cv2 = nn.Identity()
         self.cv3 = ConvBN(half, half)
-        self.cv4 = nn.Conv2d(half, small_kernel ** 2 * dim // groups, kernel_size=1)
-        self.norm = nn.GroupNorm(num_groups=dim // groups, num_channels=small_kernel ** 2 * dim // groups)
+        self.dynamic = dynamic
+        if dynamic:
+            self.cv4 = nn.Conv2d(half, small_kernel ** 2 * dim // groups, kernel_size=1)
+            self.norm = nn.GroupNorm(num_groups=dim // groups, num_channels=small_kernel ** 2 * dim // groups)
+        else:
+            self.cv4 = nn.Conv2d(half, dim, kernel_size=1)
+            self.norm = nn.Identity()
         self.small_kernel = small_kernel
         self.kernel_groups = dim // groups
 
     def forward(self, x):
         x = self.act(self.cv3(self.cv2(self.act(self.cv1(x)))))
         w = self.norm(self.cv4(x))
+        if not self.dynamic:
+            return w
         n, _, h, wd = w.shape
         return w.view(n, self.kernel_groups, self.small_kernel ** 2, h, wd)
 
@@ -149,18 +174,39 @@ register_notrace_module(SKA)  # shape checks and device dispatch: a leaf for tor
 
 
 class LSConv(nn.Module):
-    """LS convolution: ``bn(SKA(x, LKP(x))) + x``."""
+    """LS convolution: ``bn(SKA(x, LKP(x))) + x``.
 
-    def __init__(self, dim: int):
+    The defaults are the release's (K_L = 7, K_S = 3, C/G = 8). The other options build the
+    paper's ablations (Table 7): ``use_large_kernel=False`` is "w/o LKP" (LKP without its
+    large-kernel depth-wise conv); ``dynamic=False`` is "w/o SKA": LKP's output, projected to
+    C channels, goes through a static K_S x K_S depth-wise conv (``static_dw``) instead of
+    parameterising the dynamic aggregation, i.e. the plain combination of a large-kernel and a
+    small-kernel convolution. ``shortcut=False`` drops the ``+ x`` (for token mixers that
+    already sit in a residual branch).
+    """
+
+    def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8,
+                 use_large_kernel: bool = True, dynamic: bool = True, shortcut: bool = True):
         super().__init__()
-        self.lkp = LKP(dim, large_kernel=7, small_kernel=3, groups=8)
-        self.ska = SKA()
+        self.lkp = LKP(dim, large_kernel=large_kernel, small_kernel=small_kernel, groups=groups,
+                       use_large_kernel=use_large_kernel, dynamic=dynamic)
+        self.dynamic = dynamic
+        if dynamic:
+            self.ska = SKA()
+        else:
+            self.static_dw = nn.Conv2d(dim, dim, small_kernel, padding=(small_kernel - 1) // 2, groups=dim,
+                                       bias=False)
         self.bn = nn.BatchNorm2d(dim)
+        self.shortcut = shortcut
 
     def forward(self, x):
-        w = self.lkp(x)
-        # under autocast the GroupNorm runs in float32 while x may be bfloat16/float16
-        return self.bn(self.ska(x, w.to(x.dtype))) + x
+        if self.dynamic:
+            w = self.lkp(x)
+            # under autocast the GroupNorm runs in float32 while x may be bfloat16/float16
+            y = self.bn(self.ska(x, w.to(x.dtype)))
+        else:
+            y = self.bn(self.static_dw(self.lkp(x)))
+        return y + x if self.shortcut else y
 
 
 def attention_bias_index(height: int, width: int, table_width: Optional[int] = None) -> torch.Tensor:
@@ -247,20 +293,29 @@ def attention_bias_table(biases: torch.Tensor, idxs: torch.Tensor, resolution: i
 
 class Block(nn.Module):
     """LSNet block: token mixer (RepVGG-DW + SE on even depths; LSConv or attention on odd ones)
-    followed by a residual FFN."""
+    followed by a residual FFN.
+
+    ``ls_kwargs`` go to :class:`LSConv`. For the paper's ablations (Tables 5 and 8),
+    ``use_extra_dw=False`` replaces the RepVGG-DW mixer by identity ("w/o DW"),
+    ``use_se=False`` the SE layer ("w/o SE") and ``use_ls_conv=False`` the LS convolution
+    ("w/o LS conv"); the stage-4 attention is never replaced.
+    """
 
     def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4.0, resolution=14, stage=-1, depth=-1,
-                 drop_path=0.0):
+                 drop_path=0.0, ls_kwargs: Optional[dict] = None, use_extra_dw: bool = True, use_se: bool = True,
+                 use_ls_conv: bool = True):
         super().__init__()
         if depth % 2 == 0:
-            self.mixer = RepVGGDW(dim)
-            self.se = SqueezeExcite(dim, 0.25)
+            self.mixer = RepVGGDW(dim) if use_extra_dw else nn.Identity()
+            self.se = SqueezeExcite(dim, 0.25) if use_se else nn.Identity()
         else:
             self.se = nn.Identity()
             if stage == 3:
                 self.mixer = Residual(Attention(dim, key_dim, num_heads, attn_ratio, resolution), drop_path)
+            elif use_ls_conv:
+                self.mixer = LSConv(dim, **(ls_kwargs or {}))
             else:
-                self.mixer = LSConv(dim)
+                self.mixer = nn.Identity()
         self.ffn = Residual(FFN(dim, int(dim * 2)), drop_path)
 
     def forward(self, x):
@@ -303,6 +358,16 @@ class LSNet(StagedModel):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linearly increasing over blocks (0 in the release).
         global_pool: ``'avg'`` or ``''`` (no pooling in ``forward_head``).
+        large_kernel, small_kernel, channels_per_group: the LS convolution's K_L (7), K_S (3)
+            and C/G, the channels sharing one dynamic kernel (8).
+        use_lkp: False removes LKP's large-kernel depth-wise conv (the paper's "w/o LKP").
+        use_ska: False replaces the dynamic aggregation by a static K_S x K_S depth-wise conv
+            on LKP's output ("w/o SKA"; see :class:`LSConv`).
+        use_extra_dw, use_se: False removes the RepVGG-DW mixer / the SE layer of the even
+            blocks, in every stage ("w/o DW" / "w/o SE").
+        use_ls_conv: False replaces every LS convolution by identity ("w/o LS conv").
+            These options build the paper's ablations (Tables 5, 7 and 8); the defaults are
+            the release's architecture, whose checkpoints only fit the defaults.
         device, dtype: where and in which floating-point type the parameters live (timm's
             ``create_model(..., device=, dtype=)``).
     """
@@ -321,6 +386,14 @@ class LSNet(StagedModel):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
         patch_size: int = 8,
+        large_kernel: int = 7,
+        small_kernel: int = 3,
+        channels_per_group: int = 8,
+        use_lkp: bool = True,
+        use_ska: bool = True,
+        use_extra_dw: bool = True,
+        use_se: bool = True,
+        use_ls_conv: bool = True,
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ):
@@ -329,6 +402,15 @@ class LSNet(StagedModel):
             raise ValueError(f"LSNet has four stages; got embed_dim={embed_dim}, depth={depth}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        _check_kernel("large_kernel", large_kernel)
+        _check_kernel("small_kernel", small_kernel)
+        with_ls = [embed_dim[i] for i in range(3) if depth[i] > 1 and use_ls_conv]  # odd blocks of stages 1-3
+        if use_ska and (not isinstance(channels_per_group, int) or channels_per_group < 1
+                        or any(c % channels_per_group for c in with_ls)):
+            raise ValueError(f"channels_per_group must be a positive integer dividing the widths of the stages "
+                             f"with LS convolutions ({', '.join(map(str, with_ls))}), got {channels_per_group!r}")
+        ls_kwargs = dict(large_kernel=large_kernel, small_kernel=small_kernel, groups=channels_per_group,
+                         use_large_kernel=use_lkp, dynamic=use_ska)
         key_dim = tuple(key_dim) if isinstance(key_dim, (list, tuple)) else (key_dim,) * 4
         num_heads = tuple(num_heads) if isinstance(num_heads, (list, tuple)) else (num_heads,) * 4
         self.img_size = img_size
@@ -360,7 +442,8 @@ class LSNet(StagedModel):
                 stages[i].append(ConvBN(prev, embed_dim[i], 1))
             for d in range(depth[i]):
                 stages[i].append(Block(embed_dim[i], key_dim[i], num_heads[i], attn_ratio[i], resolutions[i],
-                                       stage=i, depth=d, drop_path=dpr[block_idx]))
+                                       stage=i, depth=d, drop_path=dpr[block_idx], ls_kwargs=ls_kwargs,
+                                       use_extra_dw=use_extra_dw, use_se=use_se, use_ls_conv=use_ls_conv))
                 block_idx += 1
             self.feature_info.append(dict(num_chs=embed_dim[i], reduction=patch_size * 2 ** i,
                                           module=f"blocks{i + 1}"))
