@@ -272,7 +272,8 @@ def test_split_dota_patches_labels_and_merge(tmp_path):
     names = sorted(p.stem for p in (tmp_path / "dst" / "images").iterdir())
     # x starts 0, 92 (=220-128); y starts 0, 42 (=170-128)
     assert names == ["P7__128__0___0", "P7__128__0___42", "P7__128__92___0", "P7__128__92___42"]
-    assert out["patches"] == 4 and (tmp_path / "dst" / "classes.txt").is_file()
+    lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "dst" / "labelTxt").iterdir())
+    assert out["num_patches"] == 4 and out["num_images"] == 1 and out["num_objects"] == lines >= 6 and (tmp_path / "dst" / "classes.txt").is_file()
     for n in names:
         assert Image.open(tmp_path / "dst" / "images" / f"{n}.png").size == (128, 128)
     ds = dota.DotaDataset(tmp_path / "dst")
@@ -379,7 +380,8 @@ def _digest(root: Path) -> str:
 
 def test_make_aerial_deterministic_and_readable(tmp_path):
     kw = {"num_train": 2, "num_val": 1, "size_range": ((260, 300), (330, 380)), "progress": False}
-    aerial.make_aerial(tmp_path / "a", seed=1, workers=1, **kw)
+    summary = aerial.make_aerial(tmp_path / "a", seed=1, workers=1, **kw)
+    assert summary["splits"]["val"]["num_images"] == 1 and summary["splits"]["train"]["num_objects"] > 0
     aerial.make_aerial(tmp_path / "b", seed=1, workers=2, **kw)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     aerial.make_aerial(tmp_path / "c", seed=2, workers=1, **kw)

@@ -684,7 +684,7 @@ def make_aerial(root, seed: int = 0, num_train: int = 24, num_val: int = 8, *,
     classes and conventions). ``size_range`` is ``((min_h, max_h), (min_w, max_w))``;
     ``workers`` processes render (0: one per CPU) and do not change the files. Earlier
     files of this generator are replaced. Returns ``{"root", "seed", "classes",
-    "classes_file", "splits": {split: {"root", "images", "objects"}}}``.
+    "classes_file", "splits": {split: {"root", "num_images", "num_objects"}}}``.
     """
     if min(num_train, num_val) < 0 or num_train + num_val < 1:
         raise ConfigError(f"num_train and num_val must be >= 0 (and not both 0), got {num_train} and {num_val}")
@@ -713,7 +713,7 @@ def make_aerial(root, seed: int = 0, num_train: int = 24, num_val: int = 8, *,
                 total += count
                 bar.update(1)
         bar.close()
-        summary["splits"][split] = {"root": str(root / split), "images": n, "objects": total}
+        summary["splits"][split] = {"root": str(root / split), "num_images": n, "num_objects": total}
     _write_text(marker, json.dumps(_params(num_train, num_val, seed, size_range), indent=1) + "\n")
     return summary
 
