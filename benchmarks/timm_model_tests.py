@@ -1,6 +1,7 @@
 """Run timm's own ``tests/test_models.py`` against the models this package registers.
 
-    python benchmarks/timm_model_tests.py [--families lsnet,lolvit] [--workdir output/timm-tests] [-- PYTEST ARGS]
+    python benchmarks/timm_model_tests.py [--families lsnet,lolvit,lsknet] [--workdir output/timm-tests]
+        [-- PYTEST ARGS]
 
 Fetches the sdist of the installed timm version from the package registry (``pip download
 --no-binary``), extracts its test files, adds a ``conftest.py`` that imports ``lsnet`` (which
@@ -83,8 +84,8 @@ def _skip_hub_tests_offline(request):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default="lsnet,lolvit",
-                        help="model modules (and name prefixes) of the project to test (default lsnet,lolvit)")
+    parser.add_argument("--families", default="lsnet,lolvit,lsknet",
+                        help="model modules (and name prefixes) of the project to test (default lsnet,lolvit,lsknet)")
     parser.add_argument("--workdir", default="output/timm-tests", help="where the sdist is unpacked")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args()

@@ -120,7 +120,8 @@ def add_parsers(sub) -> None:
 
 def _common(p, archs) -> None:
     p.add_argument("--arch", choices=archs, help=f"default {archs[0]}")
-    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b"], default=None, help="default lsnet_t")
+    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b", "lsknet_t", "lsknet_s"], default=None,
+                   help="default lsnet_t")
     p.add_argument("--data", help="'shapes' (default; generated when missing) or a dataset root")
     p.add_argument("--shapes-dir", help="where the shapes dataset lives (default data/shapes)")
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")

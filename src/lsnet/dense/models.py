@@ -32,7 +32,8 @@ class LSNetBackbone(nn.Module):
     """The four LSNet stages as a feature extractor (strides 8, 16, 32, 64).
 
     Args:
-        variant: ``lsnet_t`` / ``lsnet_s`` / ``lsnet_b``.
+        variant: ``lsnet_t`` / ``lsnet_s`` / ``lsnet_b``, or another timm model with
+            ``features_only`` and ``stages`` such as ``lsknet_t`` / ``lsknet_s`` (strides 4-32).
         checkpoint: classification weights to start from (the release's or ours); the
             classifier is dropped.
         norm_eval: keep every BatchNorm in eval mode (statistics frozen) while training, as
@@ -69,7 +70,9 @@ class LSNetBackbone(nn.Module):
         net = self.body.model
         if self.frozen_stages < 0:
             return []
-        return [net.patch_embed, *net.stages[:self.frozen_stages]]
+        # LSNet has a stem (patch_embed); LSKNet embeds patches inside each of its stages
+        stem = [net.patch_embed] if isinstance(getattr(net, "patch_embed", None), nn.Module) else []
+        return [*stem, *net.stages[:self.frozen_stages]]
 
     def _freeze(self) -> None:
         for module in self._frozen_modules():

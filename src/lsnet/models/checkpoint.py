@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, UserError
+from .lsknet import LSKNet, lsknet_checkpoint_filter_fn
 from .lsnet import MODEL_ARGS, LSNet, checkpoint_filter_fn, release_safe_globals
 
 __all__ = ["CheckpointError", "CheckpointFile", "open_checkpoint", "load_state_dict_file", "load_checkpoint",
@@ -162,6 +163,11 @@ class CheckpointFile:
             for key in keys:
                 if _is_state_dict(obj.get(key)):
                     return dict(obj[key])
+            weights = obj.get("state_dict")
+            if use_ema and _is_state_dict(weights) and any(k.startswith("ema_") for k in weights):
+                # mmcv's EMAHook (LSKNet's detectors) keeps the averages beside the weights, as
+                # ema_<name with underscores>; the model's filter picks them (lsknet_checkpoint_filter_fn)
+                return dict(weights)
             what = "EMA weights (" + ", ".join(keys) + ")" if use_ema else "a state_dict ('model' or 'state_dict')"
             raise CheckpointError(f"{path} holds no {what}; its top-level keys are {sorted(map(str, obj))}")
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
@@ -241,25 +247,32 @@ def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
     return tuple(sorted(prefixes | {"head", "head_dist"}))
 
 
+#: Model families with a checkpoint filter: load_checkpoint fills these inside a features_only wrapper.
+_FAMILIES = (LSNet, LSKNet)
+
+
 def _target(model: nn.Module) -> nn.Module:
-    """The LSNet inside a features_only wrapper, or the model itself."""
+    """The LSNet (or LSKNet) inside a features_only wrapper, or the model itself."""
     inner = getattr(model, "model", None)
-    return inner if not isinstance(model, LSNet) and isinstance(inner, LSNet) else model
+    return inner if not isinstance(model, _FAMILIES) and isinstance(inner, _FAMILIES) else model
 
 
 def load_checkpoint(model: nn.Module, path: Union[PathLike, CheckpointFile], strict: bool = True,
                     drop_head: bool = False, use_ema: bool = False) -> Dict[str, List[str]]:
-    """Load a checkpoint file into ``model`` (an LSNet or its ``features_only`` wrapper).
+    """Load a checkpoint file into ``model`` (an LSNet or LSKNet, or its ``features_only``
+    wrapper).
 
     Args:
         model: the model to fill.
         path: release ``.pth``, our ``.pth`` or ``.safetensors``, or a file already read by
-            :func:`open_checkpoint`.
+            :func:`open_checkpoint`. For an LSKNet also the release's ImageNet backbones and
+            mmrotate detectors (their backbone is kept, the rest dropped).
         strict: every key must match (names and shapes); otherwise one ``CheckpointError``
             lists the missing, unexpected and mis-shaped keys.
         drop_head: ignore the checkpoint's classifier where it does not fit (another number
             of classes, or a model without head), keeping the model's own, as timm does.
-        use_ema: load the EMA weights of a training checkpoint.
+        use_ema: load the EMA weights of a training checkpoint (for an LSKNet detector, the
+            averages mmcv's EMAHook stored beside the weights).
 
     Returns:
         dict with the ``missing``, ``unexpected`` and ``dropped`` keys (all empty when strict).
@@ -270,6 +283,9 @@ def load_checkpoint(model: nn.Module, path: Union[PathLike, CheckpointFile], str
     state_dict = ck.state_dict(use_ema=use_ema)
     if isinstance(target, LSNet):
         state_dict = checkpoint_filter_fn(state_dict, target)
+    elif isinstance(target, LSKNet):
+        # a file without classifier is reported as missing keys here (drop_head keeps the model's)
+        state_dict = lsknet_checkpoint_filter_fn(state_dict, target, use_ema=use_ema, keep_model_head=False)
     else:
         state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     own = target.state_dict()
@@ -296,7 +312,7 @@ def load_checkpoint(model: nn.Module, path: Union[PathLike, CheckpointFile], str
         guess = _guess_variant(state_dict)
         if guess and isinstance(target, LSNet) and tuple(MODEL_ARGS[guess]["embed_dim"]) != target.embed_dim:
             lines.append(f"  the file looks like a checkpoint of {guess}")
-        elif misshaped and all(m.split(".")[0] in _classifier_prefixes(target) for m in misshaped):
+        elif all(m.split(".")[0] in _classifier_prefixes(target) for m in misshaped + missing + unexpected):
             lines.append("  only the classifier differs: pass drop_head=True (or build the model with the "
                          "checkpoint's num_classes)")
         raise CheckpointError("\n".join(lines))

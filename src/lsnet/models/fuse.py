@@ -9,7 +9,7 @@ import copy
 import torch
 import torch.nn as nn
 
-__all__ = ["fuse", "fuse_modules", "fuse_bn_into_conv", "fuse_bn_into_linear"]
+__all__ = ["fuse", "fuse_modules", "fuse_bn_into_conv", "fuse_bn_into_conv1x1", "fuse_bn_into_linear"]
 
 
 def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm):
@@ -45,6 +45,26 @@ def fuse_bn_into_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
         bias = bias + linear.bias.double()
     fused = nn.Linear(linear.in_features, linear.out_features, device=w.device, dtype=linear.weight.dtype)
     fused.weight.copy_(w * scale[None, :])
+    fused.bias.copy_(bias)
+    return fused
+
+
+@torch.no_grad()
+def fuse_bn_into_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """A Conv2d with bias computing ``conv(bn(x))`` in eval mode, for a BatchNorm *before* a
+    1x1 convolution without padding and groups (with a larger kernel the zero padding would
+    see the BatchNorm's shift at the border, and the fold would not be exact)."""
+    if conv.kernel_size != (1, 1) or conv.padding not in ((0, 0), "valid") or conv.groups != 1:
+        raise ValueError(f"a BatchNorm folds exactly only into a 1x1 convolution without padding and groups, got "
+                         f"kernel {conv.kernel_size}, padding {conv.padding}, groups {conv.groups}")
+    scale, shift = _bn_scale_shift(bn)
+    w = conv.weight.double()
+    bias = w[:, :, 0, 0] @ shift
+    if conv.bias is not None:
+        bias = bias + conv.bias.double()
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, 0, conv.dilation, 1, bias=True,
+                      device=w.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(w * scale[None, :, None, None])
     fused.bias.copy_(bias)
     return fused
 
