@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
-from . import ablate, bench, convert, dense, evaluate, export, info, predict, robustness, train, visualize
+from . import ablate, bench, convert, dense, evaluate, export, info, predict, robustness, rotated, train, visualize
 
 
 class CLIError(UserError):
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_parser(sub)
     dense.add_parsers(sub)
     ablate.add_parser(sub)
+    rotated.add_parser(sub)
     robustness.add_parser(sub)
     visualize.add_parser(sub)
     return parser

@@ -43,10 +43,11 @@ class LSNetBackbone(nn.Module):
             their statistics (the release), ``"batch"`` normalises with each batch's statistics
             and updates the running ones while every weight stays fixed, for a backbone
             pre-trained on images unlike the new ones. ``norm_eval`` overrides it.
+        model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
     def __init__(self, variant: str = "lsnet_t", checkpoint: Optional[str] = None, norm_eval: bool = True,
-                 frozen_stages: int = -1, frozen_norm: str = "eval"):
+                 frozen_stages: int = -1, frozen_norm: str = "eval", model_kwargs: Optional[Dict] = None):
         super().__init__()
         if frozen_norm not in ("eval", "batch"):  # before loading any weights
             raise ConfigError(f"unknown frozen_norm {frozen_norm!r}; choose eval or batch")
@@ -56,7 +57,7 @@ class LSNetBackbone(nn.Module):
 
         from ..models import load_checkpoint
 
-        self.body = timm.create_model(variant, features_only=True, out_indices=(0, 1, 2, 3))
+        self.body = timm.create_model(variant, features_only=True, out_indices=(0, 1, 2, 3), **(model_kwargs or {}))
         if checkpoint:
             load_checkpoint(self.body, checkpoint, drop_head=True)
         self.channels: List[int] = self.body.feature_info.channels()

@@ -1,0 +1,237 @@
+"""``lsnet rotated make-aerial|split|train|eval|predict``: oriented object detection on
+DOTA-format data with Oriented R-CNN on an LSKNet or LSNet backbone."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = ["lsknet_t", "lsknet_s", "lsnet_t", "lsnet_s", "lsnet_b"]
+
+
+def _floats(text: str):
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def add_parser(sub) -> None:
+    """Register ``rotated`` and its sub-commands."""
+    p = sub.add_parser("rotated", help="oriented object detection on DOTA-format data (Oriented R-CNN)")
+    rsub = p.add_subparsers(dest="rotated_command", metavar="COMMAND", required=True)
+
+    mk = rsub.add_parser("make-aerial", help="generate the synthetic aerial set in the DOTA format (seeded)")
+    mk.add_argument("root", help="folder to write (train/, val/, classes.txt)")
+    mk.add_argument("--num-train", type=int, help="training images (default: the generator's)")
+    mk.add_argument("--num-val", type=int, help="validation images (default: the generator's)")
+    mk.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    mk.add_argument("--crops", metavar="DIR",
+                    help="also write single-object crops (ImageFolder) there, to pre-train a backbone with lsnet train")
+    mk.set_defaults(func=run_make_aerial)
+
+    sp = rsub.add_parser("split", help="cut large DOTA images into overlapping patches (the DOTA devkit's way)")
+    sp.add_argument("src", help="a DOTA-format folder (images/ and labelTxt/)")
+    sp.add_argument("dst", help="folder to write the patches to (same layout)")
+    sp.add_argument("--patch-size", type=int, default=1024, help="patch side in pixels (default 1024)")
+    sp.add_argument("--gap", type=int, default=200, help="overlap between neighbouring patches (default 200)")
+    sp.set_defaults(func=run_split)
+
+    tr = rsub.add_parser("train", help="train Oriented R-CNN (presets: small for the synthetic set, 1x as in "
+                                       "the paper)")
+    tr.add_argument("--backbone", choices=BACKBONES, help="default lsknet_t (any timm model with features_only "
+                                                          "works from Python)")
+    tr.add_argument("--backbone-checkpoint",
+                    help="classification or backbone weights: the release's lsk_t_backbone.pth.tar, lsnet train's "
+                         "best.pth or .safetensors (for the synthetic set the repository ships "
+                         "weights/lsknet_t_aerial.safetensors)")
+    tr.add_argument("--data", help="'aerial' (default; generated when missing) or a DOTA root with train/ and val/")
+    tr.add_argument("--aerial-dir", help="where the synthetic set lives (default data/aerial)")
+    tr.add_argument("--split-dir", help="where the patches go (default: <data>-split<patch>-<gap>)")
+    tr.add_argument("--preset", choices=["small", "1x"],
+                    help="schedule and sizes (default small for the synthetic set, else 1x)")
+    tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves (default output/rotated)")
+    tr.add_argument("--patch-size", type=int, help="patch side (1x: 1024)")
+    tr.add_argument("--gap", type=int, help="overlap of neighbouring patches (1x: 200)")
+    tr.add_argument("--epochs", type=int, help="length of the schedule")
+    tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    tr.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    tr.add_argument("--lr-steps", type=_floats, metavar="EPOCHS",
+                    help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
+    tr.add_argument("--warmup-iters", type=int, help="updates of linear warm-up from a third of the rate")
+    tr.add_argument("-b", "--batch-size", type=int, help="patches per step and process")
+    tr.add_argument("--flip-ratio", type=float, help="probability of each flip (horizontal, vertical, diagonal)")
+    tr.add_argument("--rotate-ratio", type=float, help="probability of a random rotation")
+    tr.add_argument("--fpn-channels", type=int, help="width of the FPN and the RPN (the release: 256)")
+    tr.add_argument("--fc-channels", type=int, help="width of the box head's two FC layers (the release: 1024)")
+    tr.add_argument("--roi-batch", type=int, metavar="N", help="RoIs sampled per image (the release: 512)")
+    tr.add_argument("--rpn-post-nms", type=int, metavar="N", help="proposals kept per image (the release: 2000)")
+    tr.add_argument("--drop-path-rate", type=float, help="the backbone's stochastic depth (the release: 0.1)")
+    tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the backbone's BatchNorm statistics frozen (default off)")
+    tr.add_argument("--frozen-stages", type=int, metavar="N", help="freeze the stem and the first N stages")
+    tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
+    tr.add_argument("--resume", metavar="CHECKPOINT",
+                    help="continue from a last.pth, with its run's configuration and folder (options given override "
+                         "them)")
+    tr.add_argument("--overwrite", action="store_true", default=None,
+                    help="start a new run in an --output folder that holds another run")
+    tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                    help="end this invocation after that many epochs (the schedule still spans the whole run)")
+    tr.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    tr.add_argument("-j", "--workers", type=int, help="data-loading processes")
+    tr.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
+    tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
+    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="NHWC memory layout (the small preset: on)")
+    tr.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    tr.set_defaults(func=run_train)
+
+    ev = rsub.add_parser("eval", help="DOTA mAP50 of a checkpoint on the validation split (whole images)")
+    ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of lsnet rotated train")
+    ev.add_argument("--data", help="a DOTA root with val/ (default: the checkpoint's)")
+    ev.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    ev.add_argument("--submission", metavar="DIR",
+                    help="also write the merged detections in the DOTA task-1 format (Task1_<class>.txt)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ev.set_defaults(func=run_eval)
+
+    pr = rsub.add_parser("predict", help="detect on whole images: PNGs with rotated boxes and DOTA task-1 files")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (PNG, JPEG, TIFF, ...)")
+    pr.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of lsnet rotated train")
+    pr.add_argument("--output", default="predictions", help="folder for the drawn PNGs and Task1_<class>.txt files")
+    pr.add_argument("--score-threshold", type=float, default=0.3,
+                    help="draw boxes scoring at least this (default 0.3; the task-1 files keep every detection)")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    pr.set_defaults(func=run_predict)
+
+
+def run_make_aerial(args: argparse.Namespace) -> int:
+    """Write the synthetic aerial set (and optionally its classification crops)."""
+    from ..rotated.aerial import make_aerial, make_aerial_crops
+
+    kwargs = {k: v for k, v in (("num_train", args.num_train), ("num_val", args.num_val)) if v is not None}
+    summary = make_aerial(args.root, seed=args.seed, **kwargs)
+    print(_summary_line(summary, args.root))
+    if args.crops:
+        make_aerial_crops(args.crops, seed=args.seed)
+        print(f"crops written to {args.crops}; pre-train with: lsnet train --model lsknet_t --data {args.crops} ...")
+    return 0
+
+
+def _summary_line(summary: Any, root: str) -> str:
+    if isinstance(summary, dict) and "splits" in summary:
+        parts = [f"{split}: {info.get('num_images', '?')} images, {info.get('num_objects', '?')} objects"
+                 for split, info in summary["splits"].items()]
+        return "; ".join(parts) + f"; written to {root}"
+    return f"written to {root}"
+
+
+def run_split(args: argparse.Namespace) -> int:
+    """Cut a DOTA folder into patches."""
+    from ..errors import ConfigError
+    from ..rotated.split import split_dota
+
+    if not 0 <= args.gap < args.patch_size:
+        raise ConfigError(f"--gap must lie in [0, --patch-size), got {args.gap}")
+    summary = split_dota(args.src, args.dst, patch_size=args.patch_size, gap=args.gap)
+    print(f"{summary.get('num_patches', '?') if isinstance(summary, dict) else '?'} patches written to {args.dst}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    from ..rotated.config import RotatedConfig
+
+    names = {f.name for f in dataclasses.fields(RotatedConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Resolve the configuration and train."""
+    from ..rotated.config import resolve_rotated_config
+    from ..rotated.task import train_rotated
+
+    cfg = resolve_rotated_config(_overrides(args))
+    res = train_rotated(cfg)
+    if res["interrupted"]:
+        return 130
+    print(f"done: best mAP50 {res['best_value']:.4f}; checkpoints {res['best_path']} and {res['last']}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint on the validation images and print the per-class table."""
+    from ..engine.distributed import DistInfo, resolve_device
+    from ..engine.inference import check_output_file
+    from ..rotated.evaluation import write_dota_task1
+    from ..rotated.inference import load_rotated_for_inference
+    from ..rotated.task import evaluate_rotated, prepare_data
+
+    check_output_file(args.json, "--json")
+    device = resolve_device(args.device, DistInfo())
+    loaded = load_rotated_for_inference(args.checkpoint, device)
+    cfg = loaded.config
+    if args.data:
+        cfg.data = args.data
+        cfg.split_dir = None
+    _, val, annotations, classes = prepare_data(cfg, splits=("val",))
+    from ..dense.inference import check_same_classes
+
+    check_same_classes(loaded.class_names, classes, args.checkpoint, cfg.data)
+    metrics, merged = evaluate_rotated(loaded.model, val, annotations, classes, device, cfg.merge_nms_iou)
+    print(f"Oriented R-CNN ({cfg.backbone}) on {cfg.data} validation: {len(annotations)} images, {len(val)} patches")
+    print("| class | AP50 |\n|---|---:|")
+    for name, ap in metrics["per_class_AP50"].items():
+        print(f"| {name} | {ap:.4f} |")
+    print(f"| **mAP50** | **{metrics['mAP50']:.4f}** |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    if args.submission:
+        write_dota_task1(merged, classes, args.submission)
+        print(f"DOTA task-1 files written to {args.submission}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Detect on whole images; draw them and write the DOTA task-1 files."""
+    import torchvision.transforms.functional as TF
+
+    from ..data import ReadableImages, list_images, output_names
+    from ..engine.distributed import DistInfo, resolve_device
+    from ..errors import ConfigError
+    from ..rotated.evaluation import write_dota_task1
+    from ..rotated.inference import detect_image, load_rotated_for_inference
+    from ..rotated.visualize import draw_rotated_detections
+
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    paths = list_images(args.images)
+    device = resolve_device(args.device, DistInfo())
+    loaded = load_rotated_for_inference(args.checkpoint, device)
+    cfg, names = loaded.config, loaded.class_names
+    stems = dict(zip(paths, output_names(paths)))
+    images = ReadableImages(paths)
+    detections = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for path, image in images:
+        stem = stems[path]
+        boxes, scores, labels = detect_image(loaded.model, TF.to_tensor(image).to(device), cfg.patch_size, cfg.gap,
+                                             cfg.merge_nms_iou, batch_size=cfg.batch_size)
+        detections[stem] = (boxes, scores, labels)
+        drawn = draw_rotated_detections(image, boxes, labels, scores, classes=names,
+                                        score_threshold=args.score_threshold)
+        png = out / f"{stem}_pred.png"
+        drawn.save(png)
+        shown = int((scores >= args.score_threshold).sum())
+        print(f"{path}: {len(scores)} detection(s), {shown} at or above {args.score_threshold} -> {png}")
+    write_dota_task1(detections, names, out)
+    print(f"DOTA task-1 files (Task1_<class>.txt) written to {out}")
+    if images.failures:
+        logger.warning("%d of %d image(s) could not be read", images.failures, len(paths))
+    return 1 if images.failures else 0
