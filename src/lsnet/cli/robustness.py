@@ -268,6 +268,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         if not results:
             raise ConfigError("--plot draws corruption errors: give --imagenet-c or use the offline default")
-        rb.plot_corruption_errors(results, args.plot, title=source, severities=severities)
+        rb.plot_corruption_errors(results, args.plot, title=source.split(" (cache ")[0], severities=severities)
         logger.info("wrote %s", args.plot)
     return 0

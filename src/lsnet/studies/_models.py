@@ -51,6 +51,16 @@ def _unique_labels(labels: List[str]) -> List[str]:
     return out
 
 
+def _checkpoint_labels(paths: List[str]) -> List[str]:
+    """File stems, with as many parent folders as it takes to tell them apart (``d1/best``)."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
 def load_study_models(checkpoints: Sequence[str], models: Sequence[str], *, num_classes: int = 1000,
                       img_size: Optional[int] = None, fuse: bool = True,
                       default_model: Optional[str] = None) -> List[StudyModel]:
@@ -85,7 +95,7 @@ def load_study_models(checkpoints: Sequence[str], models: Sequence[str], *, num_
             out.append(StudyModel(Path(path).stem, im.model, im.arch, pre.img_size, pre.crop_pct, pre.interpolation,
                                   pre.mean, pre.std, im.num_classes,
                                   list(im.class_names) if im.info.get("class_names") else None, str(path)))
-            labels.append(Path(path).stem)
+            labels.append(path)
     else:
         for name in models:
             if name not in timm.list_models():
@@ -99,6 +109,8 @@ def load_study_models(checkpoints: Sequence[str], models: Sequence[str], *, num_
                                   pre.std, num_classes, None, None))
             labels.append(name)
         logger.warning("no --checkpoint: %s with randomly initialised weights", ", ".join(models))
+    if checkpoints:
+        labels = _checkpoint_labels(labels)
     for m, label in zip(out, _unique_labels(labels)):
         m.label = label
         m.model = m.model.float().eval()

@@ -267,7 +267,7 @@ def plot_erf(maps: Dict[str, np.ndarray], path, subtitles: Optional[Dict[str, st
     """One heat map per model of its log-scaled, normalised contribution map."""
     plt = _plt()
     n = len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.0 * n + 1.2, 4.6), squeeze=False)
     image = None
     for ax, (label, erf) in zip(axes[0], maps.items()):
         image = ax.imshow(erf_log_scale(erf), cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest")
