@@ -92,7 +92,7 @@ ROTATED_PRESETS: Dict[str, Dict[str, Any]] = {
     # RoIs, a higher rate; the trials behind each value are in BENCHMARKS.md
     "small": dict(epochs=6, lr=1e-3, weight_decay=0.05, lr_steps=(5,), warmup_iters=100, batch_size=4,
                   patch_size=512, gap=128, fpn_channels=96, fc_channels=256, rpn_pre_nms=1000, rpn_post_nms=500,
-                  roi_batch=256, anchor_scales=(4.0,), max_per_image=500, workers=0, channels_last=True),
+                  roi_batch=256, anchor_scales=(4.0,), max_per_image=500, workers=0, channels_last=False),
 }
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..engine.distributed import DistInfo
 from ..engine.loop import Run, Task, UpdateSchedule, fit, train_loader
-from ..errors import DataError
+from ..data.folder import DataError
 from .config import RotatedConfig
 from .models import OrientedRCNN, oriented_rcnn
 
@@ -79,6 +79,8 @@ def prepare_data(cfg: RotatedConfig, splits: Tuple[str, ...] = ("train", "val"))
 
     root = data_root(cfg)
     classes = read_classes(root)
+    # every label file of the whole images is read and checked before anything is written
+    whole = {split: DotaDataset(root / split, classes=classes) for split in ("train", "val") if split in splits}
     train = None
     if "train" in splits:
         transform = dota_train_transform(classes, flip_ratio=(cfg.flip_ratio,) * 3, rotate_ratio=cfg.rotate_ratio)
@@ -87,8 +89,8 @@ def prepare_data(cfg: RotatedConfig, splits: Tuple[str, ...] = ("train", "val"))
         if not keep:
             raise DataError(f"{patches.root}: no patch holds an object; nothing to train on")
         train = Subset(patches, keep)
-    whole_val = DotaDataset(root / "val", classes=classes)
     val = DotaDataset(prepare_split(cfg, root, "val"), classes=classes)
+    whole_val = whole["val"]
     return train, val, whole_val.annotations(), list(classes)
 
 
