@@ -177,7 +177,12 @@ class RotatedTask(Task):
         cfg = self.cfg
         if cfg.backbone_checkpoint and not Path(cfg.backbone_checkpoint).is_file():
             raise FileNotFoundError(f"--backbone-checkpoint file not found: {cfg.backbone_checkpoint}")
+        info = run.info
+        if info.enabled and info.rank != 0:  # rank 0 generates and splits the data first
+            torch.distributed.barrier()
         self.train_dataset, self.val_dataset, self.annotations, classes = prepare_data(cfg)
+        if info.enabled and info.rank == 0:
+            torch.distributed.barrier()
         self.class_names = list(classes)
 
     def build_model(self, run: Run) -> nn.Module:
