@@ -115,3 +115,22 @@ def test_torchrun_two_processes(dota_root, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and 0.0 <= records[0]["val_mAP50"] <= 1.0
     assert (out / "best.pth").is_file()
+
+
+def test_small_preset_starts_from_the_shipped_backbone(monkeypatch):
+    """On the synthetic set the small preset fine-tunes the repository's pre-trained LSKNet-T
+    with a frozen backbone; ``--backbone-checkpoint none`` trains everything from scratch."""
+    from lsnet.rotated.config import resolve_rotated_config, shipped_backbone
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "lsknet_t_aerial.safetensors"
+    if not weights.is_file():
+        pytest.skip("weights/lsknet_t_aerial.safetensors is not in this checkout")
+    monkeypatch.chdir(weights.parents[1])
+    assert Path(shipped_backbone("lsknet_t")).resolve() == weights
+    cfg = resolve_rotated_config({"backbone": "lsknet_t"})
+    assert Path(cfg.backbone_checkpoint).resolve() == weights
+    assert (cfg.preset, cfg.frozen_stages, cfg.frozen_norm, cfg.patch_size) == ("small", 4, "batch", 512)
+    scratch = resolve_rotated_config({"backbone": "lsknet_t", "backbone_checkpoint": "none"})
+    assert scratch.backbone_checkpoint is None and scratch.frozen_stages == -1
+    assert resolve_rotated_config({"backbone": "lsnet_t"}).backbone_checkpoint is None  # none shipped
+    assert resolve_rotated_config({"data": "/data/dota"}).preset == "1x"

@@ -73,6 +73,9 @@ def add_parser(sub) -> None:
     tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the backbone's BatchNorm statistics frozen (default off)")
     tr.add_argument("--frozen-stages", type=int, metavar="N", help="freeze the stem and the first N stages")
+    tr.add_argument("--frozen-norm", choices=["eval", "batch"],
+                    help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics, batch normalises "
+                         "with each batch's and updates them (weights stay fixed)")
     tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
     tr.add_argument("--resume", metavar="CHECKPOINT",
                     help="continue from a last.pth, with its run's configuration and folder (options given override "

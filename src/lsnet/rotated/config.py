@@ -3,14 +3,18 @@ synthetic aerial set on a CPU."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..engine.config import RunConfig
 from ..errors import ConfigError
 from .models import OrientedRCNNSettings
 
-__all__ = ["RotatedConfig", "ROTATED_PRESETS", "resolve_rotated_config"]
+__all__ = ["RotatedConfig", "ROTATED_PRESETS", "SMALL_FINETUNE", "resolve_rotated_config", "shipped_backbone"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,9 +100,36 @@ ROTATED_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: Backbones the repository ships pre-trained on the synthetic set's object crops (``lsnet rotated
+#: make-aerial --crops``, then ``lsnet train``; README), looked for under ``weights/``.
+SHIPPED_BACKBONES = {"lsknet_t": "lsknet_t_aerial.safetensors"}
+
+# Changes to the small preset when the backbone starts from a checkpoint: the backbone stays
+# frozen (its BatchNorm layers follow the scenes' statistics: the crops it learnt from are not
+# scenes), which makes a step about 6x cheaper on the CPU (benchmarks/rotated_step.py), so more
+# epochs fit; the trials behind the values are in BENCHMARKS.md.
+SMALL_FINETUNE: Dict[str, Any] = dict(frozen_stages=4, frozen_norm="batch", epochs=7, lr_steps=(6,), eval_every=3)
+
+
+def shipped_backbone(backbone: str) -> Optional[str]:
+    """The repository's pre-trained file for ``backbone`` (``weights/<file>`` under the current
+    folder or the source checkout), or None."""
+    name = SHIPPED_BACKBONES.get(backbone)
+    if name is None:
+        return None
+    for folder in (Path("weights"), Path(__file__).resolve().parents[3] / "weights"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None
+
+
 def resolve_rotated_config(overrides: Dict[str, Any]) -> RotatedConfig:
     """Defaults <- preset ('small' for the synthetic set, else '1x') <- explicit overrides; with
-    ``resume`` among the overrides, the resumed run's configuration <- the overrides."""
+    ``resume`` among the overrides, the resumed run's configuration <- the overrides.
+
+    On the synthetic set with the small preset, the backbone starts from the repository's
+    pre-trained file when there is one and no ``backbone_checkpoint`` is given ("none": from
+    scratch)."""
     if overrides.get("resume"):
         from ..engine.loop import resume_overrides
 
@@ -109,8 +140,16 @@ def resolve_rotated_config(overrides: Dict[str, Any]) -> RotatedConfig:
     preset = overrides.get("preset") or ("small" if data == "aerial" else "1x")
     if preset not in ROTATED_PRESETS:
         raise ConfigError(f"unknown --preset {preset!r}; choose {', '.join(ROTATED_PRESETS)}")
-    values = {**ROTATED_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    values.update(preset=preset, data=data)
+    checkpoint = overrides.get("backbone_checkpoint")
+    if checkpoint is None and data == "aerial" and preset == "small":
+        checkpoint = shipped_backbone(overrides.get("backbone") or RotatedConfig.backbone)
+        if checkpoint:
+            logger.info(f"backbone: the shipped pre-trained {checkpoint} (--backbone-checkpoint none: from scratch)")
+    if checkpoint in ("none", ""):
+        checkpoint = None
+    finetune = SMALL_FINETUNE if checkpoint and preset == "small" else {}
+    values = {**ROTATED_PRESETS[preset], **finetune, **{k: v for k, v in overrides.items() if v is not None}}
+    values.update(preset=preset, data=data, backbone_checkpoint=checkpoint)
     cfg = RotatedConfig(**values)
     cfg.validate()
     return cfg

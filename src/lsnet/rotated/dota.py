@@ -240,7 +240,8 @@ def dota_pairs(root, require_labels: bool = True) -> list[tuple[str, Path, Path 
     for p in sorted(image_dir.iterdir()):
         if p.is_file() and p.suffix.lower() in DOTA_IMAGE_EXTENSIONS:
             if p.stem in images:
-                raise DataError(f"{image_dir}: two images share the name {p.stem!r}: {images[p.stem].name} and {p.name}")
+                raise DataError(f"{image_dir}: two images share the name {p.stem!r}: {images[p.stem].name} and "
+                                f"{p.name}")
             images[p.stem] = p
     if not images:
         raise DataError(f"{image_dir}: no images (looked for {', '.join(DOTA_IMAGE_EXTENSIONS)})")

@@ -76,7 +76,8 @@ def _unpack_detection(name, det):
         try:
             boxes, scores, labels = det
         except (TypeError, ValueError):
-            raise ConfigError(f"detections[{name!r}] must be (boxes, scores, labels) or a dict with those keys") from None
+            raise ConfigError(f"detections[{name!r}] must be (boxes, scores, labels) or a dict with those "
+                              "keys") from None
     boxes = _as_tensor(boxes, torch.float64).reshape(-1, 5)
     scores = _as_tensor(scores, torch.float64).reshape(-1)
     labels = _as_tensor(labels, torch.int64).reshape(-1)

@@ -30,12 +30,17 @@ def data_root(cfg: RotatedConfig) -> Path:
     """The DOTA root the configuration names; the synthetic set is generated there when missing."""
     if cfg.data != "aerial":
         return Path(cfg.data)
-    root = Path(cfg.aerial_dir)
-    if not (root / "classes.txt").is_file():
-        from .aerial import make_aerial
+    from .aerial import is_generated, make_aerial
 
+    root = Path(cfg.aerial_dir)
+    if not is_generated(root):  # its aerial.json is written last: a set cut short is made again
         logger.info(f"generating the synthetic aerial set in {root} (seeded, once)")
         make_aerial(root, seed=0)
+        stale = split_root(cfg, root)
+        if stale.is_dir():  # patches of an earlier set
+            import shutil
+
+            shutil.rmtree(stale)
     return root
 
 
