@@ -241,3 +241,17 @@ def test_predict_names_the_shapes_with_the_shipped_backbone(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     top = {line[:-1]: lines[i + 1].split()[1] for i, line in enumerate(lines) if line[:-1] in want}
     assert top == want
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_predict_help_shows_only_the_options_of_its_task(task, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([task, "predict", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--checkpoint" in text and "--device" in text
+    assert ("--score-threshold" in text) == (task == "detect")  # segmentation has no scores to threshold
+    if task == "segment":
+        with pytest.raises(SystemExit):
+            main(["segment", "predict", "--checkpoint", "x.pth", "--score-threshold", "0.3", "img.png"])
+        assert "unrecognized arguments: --score-threshold" in capsys.readouterr().err

@@ -4,6 +4,7 @@ points), and the run-folder rules every task inherits through it."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from lsnet.cli.main import main
 from lsnet.engine import RunConfig, Task, TrainingError, UpdateSchedule, fit, train_loader
 from lsnet.engine.loop import check_output_dir, resume_overrides
+from lsnet.engine.report import curves_figure, metric_label, read_metrics
 from lsnet.errors import UserError
 
 
@@ -83,11 +85,36 @@ def _cfg(tmp_path, **kw):
     return PointsConfig(output=str(tmp_path / "run"), **kw)
 
 
+class _Messages(logging.Handler):
+    """The messages of one logger at INFO and above, whatever the command line configured."""
+
+    def __init__(self, name):
+        super().__init__(logging.INFO)
+        self.logger, self.messages = logging.getLogger(name), []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
 def test_fit_trains_writes_the_run_and_keeps_the_best(tmp_path):
-    res = fit(PointsTask(_cfg(tmp_path)))
+    with _Messages("lsnet.engine.loop") as log:
+        res = fit(PointsTask(_cfg(tmp_path)))
     out = tmp_path / "run"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3] and records[-1]["iteration"] == 4 * 6
+    # metrics.jsonl counts epochs as the console does: "epoch 1/4" is the record with epoch 1
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and records[-1]["iteration"] == 4 * 6
+    printed = [m.split(":")[0] for m in log.messages if m.startswith("epoch ")]
+    assert printed == [f"epoch {e}/4" for e in (1, 2, 3, 4)]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert res["best_value"] == max(r["val_accuracy"] for r in records) and res["best_value"] > 0.8
     best = torch.load(out / "best.pth", weights_only=True)
@@ -105,6 +132,43 @@ def test_resume_equals_a_straight_run(tmp_path):
     assert a["num_updates"] == b["num_updates"] == 24
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, msg=k)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_resume_renumbers_a_log_that_counted_epochs_from_0(tmp_path):
+    """A run started before epochs were counted from 1 and resumed now: one numbering in its log."""
+    fit(PointsTask(_cfg(tmp_path, stop_after=2)))
+    log = tmp_path / "run" / "metrics.jsonl"
+    old = [{**r, "epoch": r["epoch"] - 1} for r in read_metrics(log)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert [r["epoch"] for r in old] == [0, 1]
+    fit(PointsTask(_cfg(tmp_path, resume=str(tmp_path / "run" / "last.pth"))))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in records] == [6, 12, 18, 24]
+
+
+def test_curves_name_their_series_and_show_the_validation_loss():
+    import matplotlib.pyplot as plt
+
+    records = [{"epoch": e, "iteration": 10 * e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "ema_loss": 2.1 / e,
+                "lr": 1e-3, "val_top1": 10.0 * e, "ema_top1": 9.0 * e} for e in (1, 2, 3)]
+    fig = curves_figure(records)
+    loss, metric, lr = fig.axes
+    labels = lambda ax: [t.get_text() for t in ax.get_legend().get_texts()]  # noqa: E731
+    assert labels(loss) == ["training loss", "validation loss", "EMA validation loss"]
+    assert labels(metric) == ["validation top-1 (%)", "EMA validation top-1 (%)"]
+    assert list(loss.lines[1].get_xdata()) == [1, 2, 3] and list(loss.lines[1].get_ydata()) == [2.2, 1.1, 2.2 / 3]
+    assert lr.get_xlabel() == "epoch"
+    # without a validation loss (a dense task), only the training loss; its own metric names
+    fig = curves_figure([{k: v for k, v in r.items() if not k.endswith("loss") or k == "train_loss"}
+                         | {"val_bbox_AP50": 0.5} for r in records], metric_keys=("val_bbox_AP50",),
+                        metric_title="validation bbox_AP50", x_key="iteration")
+    assert labels(fig.axes[0]) == ["training loss"] and labels(fig.axes[1]) == ["validation box AP50"]
+    assert list(fig.axes[0].lines[0].get_xdata()) == [10, 20, 30]
+    assert metric_label("val_mIoU") == "validation mIoU"
+    assert metric_label("val_pixel_acc") == "validation pixel accuracy"
+    plt.close("all")
 
 
 def test_resume_continues_the_run_with_its_configuration_and_folder(tmp_path):

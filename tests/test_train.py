@@ -82,7 +82,7 @@ def _weights(path):
 
 
 def test_resume_equals_straight_run(tmp_path):
-    straight = train(fast_cfg(tmp_path / "a", epochs=4, model_ema=True, model_ema_decay=0.9))
+    train(fast_cfg(tmp_path / "a", epochs=4, model_ema=True, model_ema_decay=0.9))
     first = train(fast_cfg(tmp_path / "b", epochs=4, stop_after=2, model_ema=True, model_ema_decay=0.9))
     assert first["epochs"] == 2
     # `lsnet train --resume FILE` alone continues that run: its schedule, its folder
@@ -98,7 +98,7 @@ def test_resume_equals_straight_run(tmp_path):
     for k in a["model_ema"]:
         assert torch.allclose(a["model_ema"][k].float(), b["model_ema"][k].float(), rtol=1e-5, atol=1e-6), k
     metrics = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]  # as the console counts ("epoch 1/4")
     assert (tmp_path / "b" / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -305,7 +305,10 @@ def test_compiled_training_matches_eager(tmp_path):
     run = dict(epochs=1, warmup_epochs=0, lr=2e-2, deterministic=True)
     eager = train(fast_cfg(tmp_path / "e", **run))
     compiled = train(fast_cfg(tmp_path / "c", compile=True, **run))
-    log = lambda d: json.loads((d / "run" / "metrics.jsonl").read_text().splitlines()[0])
+
+    def log(d):
+        return json.loads((d / "run" / "metrics.jsonl").read_text().splitlines()[0])
+
     e, c = log(tmp_path / "e"), log(tmp_path / "c")
     assert e["val_loss"] < 2.15  # it learned (chance: ln 10 = 2.30)
     # float32 rounding differs (fused kernels; SKA's hand-written backward at every size) and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import timm
@@ -36,13 +37,20 @@ def _modes(text: str):
     return modes
 
 
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N (a GPU's index, as in lsnet train), "
+                                         f"got {text!r}")
+    return text
+
+
 def add_parser(sub) -> None:
     """Register the ``bench`` sub-command."""
     p = sub.add_parser("bench", help="measure inference speed (markdown table, JSON, plot)",
                        description="Measure warm, interleaved inference runs of timm models (random weights).")
     p.add_argument("--models", default="lsnet_t,lsnet_s,lsnet_b,efficientvit_m3",
                    help="comma-separated timm model names (default: %(default)s)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", type=_device, help="cpu (default), cuda or cuda:N")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 16], help="comma-separated (default: 1,16)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="float32, or autocast to bfloat16/float16")

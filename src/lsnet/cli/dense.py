@@ -39,8 +39,8 @@ def add_parsers(sub) -> None:
     mc.add_argument("-j", "--workers", type=int, default=0, help="rendering processes (0: one per CPU)")
     mc.set_defaults(func=run_make_shape_crops)
     for task, archs in (("detect", ["retinanet", "maskrcnn"]), ("segment", ["semantic_fpn"])):
-        p = sub.add_parser(task, help=f"{'object detection / instance segmentation' if task == 'detect' else 'semantic segmentation'} "
-                                      f"with an LSNet backbone")
+        what = "object detection / instance segmentation" if task == "detect" else "semantic segmentation"
+        p = sub.add_parser(task, help=f"{what} with an LSNet backbone")
         tsub = p.add_subparsers(dest=f"{task}_command", metavar="COMMAND", required=True)
         tr = tsub.add_parser("train", help="train (presets: small for shapes, " +
                                            ("1x" if task == "detect" else "40k") + " as in the paper)")
@@ -112,8 +112,9 @@ def add_parsers(sub) -> None:
         pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
         pr.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of train")
         pr.add_argument("--output", default="predictions", help="folder for the drawn PNGs and one JSON per image")
-        pr.add_argument("--score-threshold", type=float, default=0.5,
-                        help="detect: draw and keep boxes scoring at least this (default 0.5)")
+        if task == "detect":  # segment predict has no scores to threshold
+            pr.add_argument("--score-threshold", type=float, default=0.5,
+                            help="draw and keep boxes scoring at least this (default 0.5)")
         pr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         pr.set_defaults(func=run_predict, task=task)
 
@@ -226,7 +227,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     log = logging.getLogger(__name__)
-    if not 0.0 <= args.score_threshold <= 1.0:
+    if args.task == "detect" and not 0.0 <= args.score_threshold <= 1.0:
         raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     out = Path(args.output)
     if out.exists() and not out.is_dir():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.distributed import DistInfo, all_reduce_sum
+from ..engine.report import metric_label
 from ..engine.loop import (
     Run,
     Task,
@@ -150,7 +151,7 @@ class DenseTask(Task):
         self.cfg: DenseConfig = cfg
         self.kind = cfg.task
         self.best_key = {"retinanet": "bbox_AP50", "maskrcnn": "segm_AP50"}.get(cfg.arch, "mIoU")
-        self.metric_title = f"validation {self.best_key}"
+        self.metric_title = metric_label(f"val_{self.best_key}")  # e.g. "validation box AP50"
 
     def setup(self, run: Run) -> None:
         cfg = self.cfg

@@ -31,7 +31,7 @@ from .profile import count_macs
 logger = logging.getLogger(__name__)
 
 __all__ = ["RUNTIMES", "BenchConfig", "BenchResult", "run_benchmark", "format_markdown",
-           "plot_results", "PAPER_TABLE1", "peak_memory_mb"]
+           "plot_results", "PAPER_TABLE1", "peak_memory_mb", "resident_mb"]
 
 # Facts from the LSNet paper's Table 1 (ImageNet-1K top-1 %, and RTX 3090 throughput in img/s),
 # keyed by timm model name. Distilled results carry the teacher's help (marked * in the paper).
@@ -96,6 +96,8 @@ class BenchResult:
     params: int
     gmacs: float
     times_ms: List[float] = field(default_factory=list)  # per call (one batch), one per round
+    # MiB of tensor memory at the peak of one call: the model's weights and buffers, the input
+    # batch, and the most the forward pass allocated at once on top (None: not measured)
     peak_mem_mb: Optional[float] = None
 
     @property
@@ -113,9 +115,20 @@ class BenchResult:
         return d
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak tensor memory while running ``fn`` once: CUDA's allocator statistics, or on the
-    CPU the running sum of the profiler's allocation and free events."""
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """The most tensor memory ``fn`` holds at once on top of what was allocated before it ran
+    (for a forward pass: its activations and workspaces, not the weights or the input), in MiB.
+
+    CUDA: the caching allocator's peak statistics. CPU: every allocation and free of PyTorch's
+    CPU allocator, in the order they happened, as the profiler records them with
+    ``profile_memory=True`` (its raw allocation events, which carry time stamps of their own:
+    the per-operator memory columns lump an operator's allocations and frees together at the
+    operator's start, so a temporary buffer freed inside the operator that made it, or an
+    output freed by a later operator, shifts or hides the peak). Process RSS (``getrusage``)
+    is not used: it is a lifetime maximum that also counts the interpreter, the libraries'
+    caches and what malloc keeps back, and would need a fresh process per configuration.
+    None when this PyTorch's profiler offers no allocation events.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -125,14 +138,37 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     from torch.profiler import ProfilerActivity, profile
 
+    try:
+        from torch._C._profiler import _EventType
+    except ImportError:
+        return None
     with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    try:
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    except AttributeError:
+        return None
+    changes = []  # (time, bytes): + allocated, - freed
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            changes.append((event.start_time_ns, event.extra_fields.alloc_size))
     current = peak = 0
-    for e in events:
-        current += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+    for _, size in sorted(changes):
+        current += size
         peak = max(peak, current)
     return peak / 2 ** 20
+
+
+def resident_mb(model: nn.Module, *inputs: torch.Tensor) -> float:
+    """MiB of the tensors an inference holds throughout: the model's parameters and buffers
+    and its input batch (each storage once)."""
+    storages = {}
+    for t in itertools.chain(model.parameters(), model.buffers(), inputs):
+        storage = t.untyped_storage()
+        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values()) / 2 ** 20
 
 
 RUNTIMES = {"eager": "pytorch", "compiled": "pytorch-compiled", "frozen": "pytorch-frozen"}
@@ -177,9 +213,10 @@ def _autocast(cfg: BenchConfig, device: torch.device):
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[BenchResult]:
     """Measure every configuration of ``cfg``; returns one result per (model, runtime, batch)."""
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    from ..engine.distributed import check_device_available, parse_device
+
+    device = parse_device(cfg.device)
+    check_device_available(device, cfg.device)
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.threads:
@@ -189,6 +226,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
     if unknown or not cfg.modes:
         raise ConfigError(f"modes must be among {', '.join(RUNTIMES)}, got {', '.join(cfg.modes) or 'none'}")
     entries = []  # (result, callable)
+    resident = {}  # entry index -> MiB of weights and input it holds throughout
     tmp = tempfile.TemporaryDirectory(prefix="lsnet-bench-")
     try:
         for i, name in enumerate(cfg.models):
@@ -209,6 +247,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
                     sync()
 
                 entries.append((BenchResult(name, RUNTIMES[mode], b, params, gmacs), call))
+                resident[len(entries) - 1] = resident_mb(model, x)
             if cfg.onnx:
                 from .export import export_onnx, onnx_session
 
@@ -226,7 +265,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
                 call()
             # the CPU profiler does not see the allocations of compiled code: report none there
             if res.runtime == "pytorch" or device.type == "cuda" and res.runtime != "onnxruntime":
-                res.peak_mem_mb = peak_memory_mb(call, device)
+                extra = peak_memory_mb(call, device)
+                res.peak_mem_mb = None if extra is None else resident[k] + extra
         for r in range(cfg.rounds):
             log(f"round {r + 1}/{cfg.rounds}")
             for res, call in entries:

@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup", "resolve_device",
+           "parse_device", "check_device_available"]
 
 
 @dataclass
@@ -30,14 +31,34 @@ class DistInfo:
         return self.rank == 0
 
 
+def parse_device(name: str) -> torch.device:
+    """A ``--device`` value as a device, or :class:`ConfigError` for one that names none
+    (``cuda:1`` is fine; ``cuda:x``, ``gpu`` are not). Whether it is present is not checked."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (a GPU's index), got {name!r}") from None
+
+
+def check_device_available(device: torch.device, name: str) -> None:
+    """:class:`ConfigError` when ``device`` is a CUDA device this machine does not have."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but CUDA is not available")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: there is no such GPU (this machine has {torch.cuda.device_count()}: "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
 def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` picks CUDA (this process's local GPU) when available, else the CPU."""
+    """``auto`` picks CUDA (this process's local GPU) when available, else the CPU; ``cuda:N``
+    names one GPU. :class:`ConfigError` for a malformed or missing device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)
+    check_device_available(device, name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} was asked for but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

@@ -542,7 +542,8 @@ def _evaluate_and_log(task: Task, run: Run, state: _State, metrics: MetricsLog, 
                       "ema": bool(val_ema and val_ema[key] > val[key])}
     skipped = list(task.train_dataset.skipped_files()) if hasattr(task.train_dataset, "skipped_files") else []
     now = time.time()
-    record = {"epoch": state.epoch - 1, "iteration": state.num_updates, "train_loss": train_loss,
+    # epochs count from 1, as the console's "epoch 3/15" (checkpoints keep the 0-based index, as timm's)
+    record = {"epoch": state.epoch, "iteration": state.num_updates, "train_loss": train_loss,
               "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": since.get("images_per_s", 0.0),
               "epoch_time_s": now - t_epoch, "time_s": now - since["t0"], "elapsed_s": now - since["t_start"],
               "skipped_images": len(skipped),

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-__all__ = ["MetricsLog", "progress_bar", "plot_curves", "read_metrics"]
+__all__ = ["MetricsLog", "progress_bar", "plot_curves", "read_metrics", "metric_label", "curves_figure"]
 
 
 class _NoBar:
@@ -71,34 +71,74 @@ def progress_bar(total: int, desc: str, enabled: bool = True, interval: float = 
 
 
 def read_metrics(path) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a ``metrics.jsonl`` file, epochs counted from 1 (as the console's
+    ``epoch 1/15``; logs written before that counted from 0 and are renumbered)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if any(r.get("epoch") == 0 for r in records):  # an evaluation follows a finished epoch: 0 is the old count
+        records = [{**r, "epoch": r["epoch"] + 1} if isinstance(r.get("epoch"), int) else r for r in records]
+    return records
 
 
-def plot_curves(records: List[Dict[str, Any]], path, metric_keys=("val_top1", "ema_top1"),
-                metric_title: str = "validation top-1 (%)", x_key: str = "epoch") -> None:
-    """Training loss, validation metrics (the ``metric_keys`` present) and learning rate against
-    ``x_key`` (epoch, or iteration for iteration-based schedules)."""
+_METRIC_NAMES = {"top1": "top-1 (%)", "top5": "top-5 (%)", "loss": "loss", "mIoU": "mIoU",
+                 "pixel_acc": "pixel accuracy", "bbox_AP": "box AP", "bbox_AP50": "box AP50", "segm_AP": "mask AP",
+                 "segm_AP50": "mask AP50", "mAP50": "mAP50"}
+_PREFIXES = (("val_", "validation"), ("ema_", "EMA validation"), ("train_", "training"))
+
+
+def metric_label(key: str) -> str:
+    """A readable name for a ``metrics.jsonl`` key: ``val_top1`` -> ``validation top-1 (%)``,
+    ``ema_loss`` -> ``EMA validation loss``, ``train_loss`` -> ``training loss``."""
+    for prefix, words in _PREFIXES:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            return f"{words} {_METRIC_NAMES.get(rest, rest.replace('_', ' '))}"
+    return _METRIC_NAMES.get(key, key.replace("_", " "))
+
+
+def _series(ax, records: List[Dict[str, Any]], x_key: str, key: str) -> bool:
+    """Plot ``key`` against ``x_key`` over the records that hold it; False when none does."""
+    points = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    if not points:
+        return False
+    ax.plot([x for x, _ in points], [y for _, y in points], marker="o", ms=3, label=metric_label(key))
+    return True
+
+
+def curves_figure(records: List[Dict[str, Any]], metric_keys=("val_top1", "ema_top1"),
+                  metric_title: str = "validation top-1 (%)", x_key: str = "epoch"):
+    """The figure of ``curves.png``: three panels against ``x_key`` (epoch, counted from 1, or
+    iteration for iteration-based schedules): the training loss, with the validation loss
+    beside it when the evaluation measures one (``val_loss``, ``ema_loss``), the validation
+    metrics (the ``metric_keys`` present) and the learning rate; legends name the series in
+    words (:func:`metric_label`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r[x_key] + (1 if x_key == "epoch" else 0) for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].plot(xs, [r["train_loss"] for r in records], marker="o", ms=3)
-    axes[0].set_title("training loss")
-    for key in metric_keys:
-        if any(key in r for r in records):
-            axes[1].plot(xs, [r.get(key) for r in records], marker="o", ms=3, label=key)
+    for key in ("train_loss", "val_loss", "ema_loss"):
+        _series(axes[0], records, x_key, key)
+    axes[0].set_title("loss")
+    axes[0].legend()
+    if any([_series(axes[1], records, x_key, key) for key in metric_keys]):
+        axes[1].legend()
     axes[1].set_title(metric_title)
-    axes[1].legend()
-    axes[2].plot(xs, [r["lr"] for r in records], marker="o", ms=3)
+    _series(axes[2], records, x_key, "lr")
     axes[2].set_title("learning rate")
     for ax in axes:
         ax.set_xlabel(x_key)
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(records: List[Dict[str, Any]], path, metric_keys=("val_top1", "ema_top1"),
+                metric_title: str = "validation top-1 (%)", x_key: str = "epoch") -> None:
+    """Write :func:`curves_figure` to ``path`` (PNG, atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, metric_keys, metric_title, x_key)
     tmp = Path(str(path) + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
