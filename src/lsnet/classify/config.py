@@ -231,7 +231,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast dtype")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (the small preset: on; slower for dilated depth-wise convolutions, e.g. LSKNet)")
+                   help="NHWC memory layout (the small preset: on)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("-j", "--workers", type=int, help="data loader processes")
     p.add_argument("--seed", type=int)

@@ -106,7 +106,7 @@ SHIPPED_BACKBONES = {"lsknet_t": "lsknet_t_aerial.safetensors"}
 
 # Changes to the small preset when the backbone starts from a checkpoint: the backbone stays
 # frozen (its BatchNorm layers follow the scenes' statistics: the crops it learnt from are not
-# scenes), which makes a step about 6x cheaper on the CPU (benchmarks/rotated_step.py), so more
+# scenes), which makes a step 2.8x cheaper on the CPU (benchmarks/rotated_step.py), so more
 # epochs fit; the trials behind the values are in BENCHMARKS.md.
 SMALL_FINETUNE: Dict[str, Any] = dict(frozen_stages=4, frozen_norm="batch", epochs=7, lr_steps=(6,), eval_every=3)
 
