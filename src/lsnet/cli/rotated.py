@@ -184,7 +184,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..dense.inference import check_same_classes
 
     check_same_classes(loaded.class_names, classes, args.checkpoint, cfg.data)
-    metrics, merged = evaluate_rotated(loaded.model, val, annotations, classes, device, cfg.merge_nms_iou)
+    metrics, merged = evaluate_rotated(loaded.model, val, annotations, classes, device, cfg.merge_nms_iou,
+                                       progress=True)
     print(f"Oriented R-CNN ({cfg.backbone}) on {cfg.data} validation: {len(annotations)} images, {len(val)} patches")
     print("| class | AP50 |\n|---|---:|")
     for name, ap in metrics["per_class_AP50"].items():

@@ -118,15 +118,16 @@ def predict_patches(model: nn.Module, dataset, device: torch.device, batch_size:
     model.eval()
     indices = list(range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    if progress:
-        from tqdm import tqdm
+    from ..engine.report import progress_bar
 
-        loader = tqdm(loader, desc="patches", unit="batch", leave=False)
+    bar = progress_bar(len(loader), "detecting on the patches", enabled=progress and info.is_main)
     results: Dict[str, Detections] = {}
     for images, targets in loader:
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets):
             results[target["name"]] = (out["boxes"].cpu(), out["scores"].cpu(), out["labels"].cpu())
+        bar.update()
+    bar.close()
     if info.enabled:
         gathered: List[Any] = [None] * info.world_size
         torch.distributed.all_gather_object(gathered, results)
@@ -136,7 +137,8 @@ def predict_patches(model: nn.Module, dataset, device: torch.device, batch_size:
 
 def evaluate_rotated(model: nn.Module, dataset, annotations: Dict[str, Dict[str, torch.Tensor]],
                      classes: List[str], device: torch.device, merge_nms_iou: float = 0.1, batch_size: int = 2,
-                     info: DistInfo = DistInfo()) -> Tuple[Dict[str, Any], Dict[str, Detections]]:
+                     info: DistInfo = DistInfo(), progress: bool = False
+                     ) -> Tuple[Dict[str, Any], Dict[str, Detections]]:
     """DOTA mAP at IoU 0.5 of the whole validation images (patch detections merged back with
     rotated NMS per class) and the merged detections. Leaves the random generators as it found
     them, so evaluating (or not) does not change the course of training."""
@@ -145,7 +147,7 @@ def evaluate_rotated(model: nn.Module, dataset, annotations: Dict[str, Dict[str,
 
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        patches = predict_patches(model, dataset, device, batch_size=batch_size, info=info)
+        patches = predict_patches(model, dataset, device, batch_size=batch_size, info=info, progress=progress)
     merged = merge_patch_detections(patches, iou_threshold=merge_nms_iou)
     for name in annotations:  # images without any detection still count their objects
         merged.setdefault(name, (torch.zeros((0, 5)), torch.zeros(0), torch.zeros(0, dtype=torch.long)))
