@@ -51,16 +51,14 @@ Layout written under ``root``::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..data.writing import output_folder, worker_pool, write_text_atomic
 from ..engine.report import progress_bar
 from ..errors import ConfigError
 
@@ -333,7 +331,7 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
     (hmin, hmax), (wmin, wmax) = size_range
     if min(hmin, wmin) < 16 or hmin > hmax or wmin > wmax:
         raise ConfigError(f"size_range must be ((min_h, max_h), (min_w, max_w)) with sides >= 16, got {size_range}")
-    root = _output_root(root)
+    root = output_folder(root)
     coco_ann_dir = root / "coco" / "annotations"
     coco_ann_dir.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
@@ -359,7 +357,7 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
         images, annotations = [], []
         jobs = [(seed, split_index, idx, size_range, max_objects, coco_split, img_dir, ade_img_dir, ade_lbl_dir)
                 for idx in range(n_images)]
-        with _pool(workers, n_images) as pool:
+        with worker_pool(workers, n_images, auto_min_jobs=64) as pool:
             rendered = pool.imap(_render_and_write, jobs, chunksize=8) if pool else map(_render_and_write, jobs)
             bar = progress_bar(n_images, f"shapes {coco_split}", enabled=progress)
             for image, objects in rendered:
@@ -375,7 +373,7 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
             "annotations": annotations,
             "categories": categories,
         }
-        _write_text(ann_file, json.dumps(data, separators=(",", ":")) + "\n")
+        write_text_atomic(ann_file, json.dumps(data, separators=(",", ":")) + "\n")
         summary["splits"][coco_split] = {
             "num_images": n_images,
             "num_annotations": len(annotations),
@@ -384,10 +382,10 @@ def make_shapes(root, *, num_train: int = 2000, num_val: int = 100, seed: int = 
             "ade_images": str(ade_img_dir),
             "ade_annotations": str(ade_lbl_dir),
         }
-    _write_text(root / "ade" / "classes.json", json.dumps(list(ADE_CLASSES), indent=1) + "\n")
+    write_text_atomic(root / "ade" / "classes.json", json.dumps(list(ADE_CLASSES), indent=1) + "\n")
     # written last: its presence says the set is complete, its content which set it is
-    _write_text(root / "shapes.json", json.dumps(generation_params(num_train, num_val, seed, size_range, max_objects),
-                                                 indent=1) + "\n")
+    params = generation_params(num_train, num_val, seed, size_range, max_objects)
+    write_text_atomic(root / "shapes.json", json.dumps(params, indent=1) + "\n")
     return summary
 
 
@@ -423,7 +421,7 @@ def make_shape_crops(root, *, num_train: int = 60000, num_val: int = 2000, seed:
         raise ConfigError(f"size must be at least 16 pixels, got {size}")
     if min(num_train, num_val) < 1:
         raise ConfigError(f"num_train and num_val must be at least 1, got {num_train} and {num_val}")
-    root = _output_root(root)
+    root = output_folder(root)
     summary: dict = {"root": str(root), "size": size, "splits": {}}
     for split, split_index, n in (("train", 2, num_train), ("val", 3, num_val)):
         for kind in SHAPE_CLASSES:
@@ -431,7 +429,7 @@ def make_shape_crops(root, *, num_train: int = 60000, num_val: int = 2000, seed:
             _clear_generated(root / split / kind, r"\d{7}\.png")
         jobs = [(seed, split_index, idx, size, root / split) for idx in range(n)]
         counts = dict.fromkeys(SHAPE_CLASSES, 0)
-        with _pool(workers, n) as pool:
+        with worker_pool(workers, n, auto_min_jobs=64) as pool:
             done = pool.imap(_render_crop_and_write, jobs, chunksize=64) if pool else map(_render_crop_and_write, jobs)
             bar = progress_bar(n, f"shape crops {split}", enabled=progress)
             for kind in done:
@@ -485,30 +483,3 @@ def _render_and_write(job):
     return {"id": image_id, "file_name": file_name, "height": h, "width": w}, objects
 
 
-@contextlib.contextmanager
-def _pool(workers: int, n_images: int):
-    # Rendering is pure numpy per image: worth a process pool for large sets only.
-    if workers <= 0:  # automatic: one per CPU, for sets large enough to repay starting them
-        workers = (os.cpu_count() or 1) if n_images >= 64 else 1
-    if workers == 1:
-        yield None
-        return
-    # fork starts in milliseconds; spawn (other platforms) re-imports torch in every worker
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield pool
-
-
-def _output_root(root) -> Path:
-    """``root`` as a Path, with a clear error when it exists but is not a folder."""
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root} is a file, not a folder: choose a folder to write the dataset into")
-    return root
-
-
-def _write_text(path: Path, text: str) -> None:
-    # Write then rename, so a reader (or an interrupted run) never sees half a JSON file.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

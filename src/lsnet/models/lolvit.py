@@ -440,17 +440,6 @@ class LOLViT(StagedModel):
         """Parameter groups for layer-wise learning-rate decay."""
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the classifier by a new one for ``num_classes`` (0: none)."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        ref = next(self.parameters())  # the new head takes the model's device, dtype and mode
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
-
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):

@@ -257,17 +257,6 @@ class LSKNet(StagedModel):
         return dict(stem=r"^patch_embed1", blocks=[(r"^block(\d+)\.(\d+)", None), (r"^patch_embed(\d+)", None),
                                                    (r"^norm(\d+)", (99999,))])
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the classifier by a new one for ``num_classes`` (0: none)."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        ref = next(self.parameters())  # the new head takes the model's device, dtype and mode
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head = head.to(device=ref.device, dtype=ref.dtype).train(self.training)
-
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         patch_embed, blocks, norm = self._stage_modules(i)
         x = patch_embed(x)

@@ -42,3 +42,15 @@ class StagedModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The classifier layer."""
         return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """Replace the classifier (a ``Linear`` on ``num_features``, after average pooling) by a
+        new one for ``num_classes`` (0: none), on the model's device and dtype, in its mode."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        ref = next(self.parameters())
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = head.to(device=ref.device, dtype=ref.dtype).train(self.training)

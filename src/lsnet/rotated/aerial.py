@@ -60,17 +60,15 @@ by ``lsnet train --data root``, to pre-train a backbone on the objects' appearan
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import multiprocessing
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..data.writing import output_folder, worker_pool, write_text_atomic
 from ..engine.report import progress_bar
 from ..errors import ConfigError
 from .dota import write_dota_labels
@@ -641,36 +639,11 @@ def _render_and_write(job) -> int:
     return len(labels)
 
 
-@contextlib.contextmanager
-def _pool(workers: int, n: int):
-    if workers <= 0:
-        workers = min(os.cpu_count() or 1, n)
-    if workers <= 1 or n <= 1:
-        yield None
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield pool
-
-
 def _clear_generated(folder: Path, pattern: str) -> None:
     if folder.is_dir():
         for p in folder.iterdir():
             if p.is_file() and re.fullmatch(pattern, p.name):
                 p.unlink()
-
-
-def _output_root(root) -> Path:
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root} is a file, not a folder: choose a folder to write the dataset into")
-    return root
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _params(num_train, num_val, seed, size_range) -> dict:
@@ -691,14 +664,14 @@ def make_aerial(root, seed: int = 0, num_train: int = 24, num_val: int = 8, *,
     (hmin, hmax), (wmin, wmax) = size_range
     if min(hmin, wmin) < 128 or hmin > hmax or wmin > wmax:
         raise ConfigError(f"size_range must be ((min_h, max_h), (min_w, max_w)) with sides >= 128, got {size_range}")
-    root = _output_root(root)
+    root = output_folder(root)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / "aerial.json"
     if marker.exists():
         marker.unlink()
     summary: dict = {"root": str(root), "seed": seed, "classes": list(AERIAL_CLASSES),
                      "classes_file": str(root / "classes.txt"), "splits": {}}
-    _write_text(root / "classes.txt", "".join(c + "\n" for c in AERIAL_CLASSES))
+    write_text_atomic(root / "classes.txt", "".join(c + "\n" for c in AERIAL_CLASSES))
     for split, split_index, n in (("train", 0, num_train), ("val", 1, num_val)):
         image_dir, label_dir = root / split / "images", root / split / "labelTxt"
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -708,13 +681,13 @@ def make_aerial(root, seed: int = 0, num_train: int = 24, num_val: int = 8, *,
         jobs = [(seed, split_index, idx, size_range, image_dir, label_dir) for idx in range(n)]
         total = 0
         bar = progress_bar(n, f"aerial {split}", enabled=progress)
-        with _pool(workers, n) as pool:
+        with worker_pool(workers, n) as pool:
             for count in (pool.imap(_render_and_write, jobs) if pool else map(_render_and_write, jobs)):
                 total += count
                 bar.update(1)
         bar.close()
         summary["splits"][split] = {"root": str(root / split), "num_images": n, "num_objects": total}
-    _write_text(marker, json.dumps(_params(num_train, num_val, seed, size_range), indent=1) + "\n")
+    write_text_atomic(marker, json.dumps(_params(num_train, num_val, seed, size_range), indent=1) + "\n")
     return summary
 
 
@@ -783,7 +756,7 @@ def make_aerial_crops(root, seed: int = 0, per_class_train: int = 400, per_class
         raise ConfigError(f"size must be at least 32 pixels, got {size}")
     if min(per_class_train, per_class_val) < 1:
         raise ConfigError(f"per_class_train and per_class_val must be >= 1, got {per_class_train}, {per_class_val}")
-    root = _output_root(root)
+    root = output_folder(root)
     summary: dict = {"root": str(root), "size": size, "classes": list(AERIAL_CROP_CLASSES), "splits": {}}
     for split, split_index, n in (("train", 2, per_class_train), ("val", 3, per_class_val)):
         jobs = []
@@ -793,7 +766,7 @@ def make_aerial_crops(root, seed: int = 0, per_class_train: int = 400, per_class
             _clear_generated(folder, r"\d{7}\.png")
             jobs += [(seed, split_index, k, idx, size, folder) for idx in range(n)]
         bar = progress_bar(len(jobs), f"aerial crops {split}", enabled=progress)
-        with _pool(workers, len(jobs) // 64 + 1) as pool:
+        with worker_pool(workers, len(jobs) // 64 + 1) as pool:
             done = pool.imap(_render_crop_and_write, jobs, chunksize=32) if pool else map(_render_crop_and_write, jobs)
             for _ in done:
                 bar.update(1)

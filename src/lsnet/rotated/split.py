@@ -34,10 +34,7 @@ gap=128`` (see :mod:`lsnet.rotated.aerial`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing
-import os
 import re
 import shutil
 from collections import defaultdict
@@ -49,6 +46,7 @@ import torch
 from PIL import Image
 
 from ..data.folder import DataError, load_image
+from ..data.writing import worker_pool
 from ..engine.report import progress_bar
 from ..errors import ConfigError
 from .dota import (
@@ -201,18 +199,6 @@ def _split_one(job) -> tuple[int, int]:
     return len(windows), n_objects
 
 
-@contextlib.contextmanager
-def _pool(workers: int, n_jobs: int):
-    if workers <= 0:
-        workers = min(os.cpu_count() or 1, n_jobs)
-    if workers <= 1 or n_jobs <= 1:
-        yield None
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(min(workers, n_jobs)) as pool:
-        yield pool
-
-
 def split_dota(src_root, dst_root, patch_size: int = 1024, gap: int = 200, rates=(1.0,), *,
                classes=None, iof_thr: float = 0.7, img_rate_thr: float = 0.6, padding_value: int = 0,
                ext: str = ".png", workers: int = 0, progress: bool = True) -> dict:
@@ -258,7 +244,7 @@ def split_dota(src_root, dst_root, patch_size: int = 1024, gap: int = 200, rates
             for stem, img, lbl in pairs]
     n_patches = n_objects = 0
     bar = progress_bar(len(jobs), f"splitting {src_root.name or src_root}", enabled=progress)
-    with _pool(workers, len(jobs)) as pool:
+    with worker_pool(workers, len(jobs)) as pool:
         results = pool.imap(_split_one, jobs) if pool else map(_split_one, jobs)
         for patches, objects in results:
             n_patches += patches
