@@ -9,13 +9,7 @@ from typing import Any, Dict
 
 import torch
 
-
-def _ints(text: str):
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
-def _floats(text: str):
-    return tuple(float(v) for v in text.split(",") if v.strip())
+from .args import float_list, int_list
 
 
 def add_parsers(sub) -> None:
@@ -81,10 +75,11 @@ def add_parsers(sub) -> None:
         tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC memory layout (default on: faster convolutions on CPU)")
         if task == "detect":
-            tr.add_argument("--train-scales", type=_ints, help="comma-separated shorter sides for multi-scale training")
+            tr.add_argument("--train-scales", type=int_list,
+                            help="comma-separated shorter sides for multi-scale training")
             tr.add_argument("--min-size", type=int, help="shorter side at evaluation")
             tr.add_argument("--max-size", type=int, help="longer side limit (training and evaluation)")
-            tr.add_argument("--lr-steps", type=_floats, metavar="EPOCHS",
+            tr.add_argument("--lr-steps", type=float_list, metavar="EPOCHS",
                             help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
             tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
             tr.add_argument("--roi-batch-size", type=int, metavar="N", help="Mask R-CNN: RoIs sampled per image")
@@ -95,7 +90,7 @@ def add_parsers(sub) -> None:
         else:
             tr.add_argument("--crop-size", type=int, help="side of the square training crops")
             tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")
-            tr.add_argument("--scale-range", type=_floats, help="random rescale range before cropping, e.g. 0.5,2.0")
+            tr.add_argument("--scale-range", type=float_list, help="random rescale range before cropping, e.g. 0.5,2.0")
             tr.add_argument("--base-size", type=int,
                             help="shorter side the rescale is relative to and inference resizes to")
             tr.add_argument("--cat-max-ratio", type=float, metavar="R",

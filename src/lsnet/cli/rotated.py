@@ -10,13 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
+from .args import float_list
+
 logger = logging.getLogger(__name__)
 
 BACKBONES = ["lsknet_t", "lsknet_s", "lsnet_t", "lsnet_s", "lsnet_b"]
-
-
-def _floats(text: str):
-    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def add_parser(sub) -> None:
@@ -59,7 +57,7 @@ def add_parser(sub) -> None:
     tr.add_argument("--epochs", type=int, help="length of the schedule")
     tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     tr.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    tr.add_argument("--lr-steps", type=_floats, metavar="EPOCHS",
+    tr.add_argument("--lr-steps", type=float_list, metavar="EPOCHS",
                     help="comma-separated epochs (fractions allowed) at which the lr drops 10x, e.g. 8,11")
     tr.add_argument("--warmup-iters", type=int, help="updates of linear warm-up from a third of the rate")
     tr.add_argument("-b", "--batch-size", type=int, help="patches per step and process")
