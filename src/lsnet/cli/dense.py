@@ -180,7 +180,7 @@ def _load(path: str, device: torch.device, task: str | None = None):
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and print the metrics (the dataset's classes must be the checkpoint's)."""
     from ..dense.data import build_dense_data
-    from ..dense.inference import check_same_classes
+    from ..engine.inference import check_same_classes
     from ..dense.task import evaluate_dense
     from ..engine.distributed import DistInfo, resolve_device
     from ..engine.inference import check_output_file

@@ -179,7 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
         cfg.data = args.data
         cfg.split_dir = None
     _, val, annotations, classes = prepare_data(cfg, splits=("val",))
-    from ..dense.inference import check_same_classes
+    from ..engine.inference import check_same_classes
 
     check_same_classes(loaded.class_names, classes, args.checkpoint, cfg.data)
     metrics, merged = evaluate_rotated(loaded.model, val, annotations, classes, device, cfg.merge_nms_iou,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.checkpoint import CheckpointError, open_checkpoint
 
-__all__ = ["DenseInference", "load_dense_for_inference", "check_same_classes"]
+__all__ = ["DenseInference", "load_dense_for_inference"]
 
 
 @dataclass
@@ -65,14 +65,3 @@ def load_dense_for_inference(path: Union[str, os.PathLike], device: Union[str, t
                               f"metadata names ({detail})") from err
     return DenseInference(model=model.to(device).eval(), config=cfg, class_names=list(names),
                           checkpoint=str(ck.path))
-
-
-def check_same_classes(trained: Sequence[str], found: Sequence[str], checkpoint: str, data: str) -> None:
-    """Refuse to evaluate on a dataset whose classes (names, in order) differ from the
-    checkpoint's: the metrics would compare unrelated labels."""
-    if list(trained) != list(found):
-        def show(names: Sequence[str]) -> str:
-            return "[" + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") + f"] ({len(names)})"
-
-        raise ConfigError(f"{checkpoint} was trained on classes {show(list(trained))} but {data} has "
-                          f"{show(list(found))}")

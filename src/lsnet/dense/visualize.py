@@ -19,7 +19,6 @@ its colour from image to image and between the two tasks.
 
 from __future__ import annotations
 
-import colorsys
 import json
 import math
 import os
@@ -31,47 +30,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.drawing import palette, to_rgb_array
 from ..models.checkpoint import atomic_write
 from .datasets import SEG_IGNORE_INDEX
 
 __all__ = ["detections_to_json", "draw_detections", "draw_segmentation", "palette", "save_json", "save_png",
            "segmentation_to_json"]
-
-# Golden-ratio conjugate: successive multiples mod 1 spread hues as evenly as possible
-# for any prefix length, so the colour of class i does not depend on how many classes exist.
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-# (saturation, value) cycled with the index: once many hues crowd together, neighbours in
-# hue still differ in brightness/saturation, which keeps large palettes distinguishable.
-_SV_CYCLE = ((0.90, 0.95), (0.60, 1.00), (1.00, 0.70))
-
-
-def _colour_at(index: int, seed: int = 0) -> tuple[int, int, int]:
-    # The seed shifts the starting hue by an irrational step so different seeds give different palettes.
-    hue = (seed * 0.3819660112501051 + 0.05 + index * _GOLDEN) % 1.0
-    sat, val = _SV_CYCLE[index % len(_SV_CYCLE)]
-    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-def palette(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
-    """``n`` deterministic, well-separated RGB colours (golden-ratio hues in HSV).
-
-    The first ``k`` colours are the same whatever ``n`` is, and no colour repeats.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    colours: list[tuple[int, int, int]] = []
-    seen: set[tuple[int, int, int]] = set()
-    step = 0
-    while len(colours) < n:
-        c = _colour_at(step, seed)
-        step += 1
-        # Rounding to 8 bits could in principle merge two hues for huge n; skip such repeats.
-        if c not in seen:
-            seen.add(c)
-            colours.append(c)
-    return colours
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -80,35 +44,6 @@ def _to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _to_rgb_array(image: Any) -> np.ndarray:
-    """A fresh ``uint8`` ``[H, W, 3]`` copy of a PIL image, a ``[3|1, H, W]`` tensor or an ``HWC`` array."""
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"), dtype=np.uint8)
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        if t.ndim == 2:
-            t = t.unsqueeze(0)
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be [3, H, W] or [1, H, W], got {tuple(t.shape)}")
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        if t.is_floating_point():
-            # Float tensors are the 0..1 images the models consume.
-            t = (t.clamp(0.0, 1.0) * 255.0).round()
-        return t.to(torch.uint8).permute(1, 2, 0).contiguous().numpy().copy()
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"image array must be [H, W, 3], got {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):
-            arr = np.clip(arr, 0.0, 1.0) * 255.0
-        arr = np.clip(np.round(arr), 0, 255)
-    return arr.astype(np.uint8, copy=True)
 
 
 def _class_name(class_names: Sequence[str], index: int) -> str:
@@ -207,7 +142,7 @@ def draw_detections(image: Any, prediction: Mapping[str, Any], class_names: Sequ
     ``alpha`` where above ``mask_threshold``; boxes get a 2-3 px outline and a
     "name 0.93" tag at their top-left, kept inside the image. Label 0 is never drawn.
     """
-    arr = _to_rgb_array(image)
+    arr = to_rgb_array(image)
     h, w = arr.shape[:2]
     boxes, scores, labels = _detection_arrays(prediction)
     masks = _instance_masks(prediction)
@@ -325,7 +260,7 @@ def draw_segmentation(image: Any, label_map: Any, class_names: Sequence[str], *,
     taken); it is resized (nearest) to the image if sizes differ. With ``legend`` a strip
     with a swatch and name per present class (most pixels first) is added on the right.
     """
-    arr = _to_rgb_array(image)
+    arr = to_rgb_array(image)
     h, w = arr.shape[:2]
     lm = _label_map_array(label_map)
     if lm.shape != (h, w):
@@ -373,7 +308,7 @@ def segmentation_to_json(label_map: Any, class_names: Sequence[str],
 def save_png(img: Any, path: str | os.PathLike) -> Path:
     """Write ``img`` (PIL image, or anything :func:`draw_detections` accepts) as PNG, atomically; returns the path."""
     if not isinstance(img, Image.Image):
-        img = Image.fromarray(_to_rgb_array(img))
+        img = Image.fromarray(to_rgb_array(img))
     atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
     return Path(path)
 

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..models.checkpoint import CheckpointError, CheckpointFile, load_checkpoint, open_checkpoint
 
 __all__ = ["Preprocessing", "InferenceModel", "resolve_preprocessing", "preprocessing_record", "load_for_inference",
-           "check_options", "check_output_file"]
+           "check_options", "check_output_file", "check_same_classes"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
@@ -214,3 +214,14 @@ def load_for_inference(checkpoint: Union[str, os.PathLike, CheckpointFile], arch
     pre = resolve_preprocessing(model, info, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
     return InferenceModel(model=model.eval(), arch=arch, num_classes=n, class_names=list(names), preprocessing=pre,
                           checkpoint=str(ck.path), seed=int(info.get("seed", 0)), info=info)
+
+
+def check_same_classes(trained: Sequence[str], found: Sequence[str], checkpoint: str, data: str) -> None:
+    """Refuse to evaluate on a dataset whose classes (names, in order) differ from the
+    checkpoint's: the metrics would compare unrelated labels."""
+    if list(trained) != list(found):
+        def show(names: Sequence[str]) -> str:
+            return "[" + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") + f"] ({len(names)})"
+
+        raise ConfigError(f"{checkpoint} was trained on classes {show(list(trained))} but {data} has "
+                          f"{show(list(found))}")

@@ -6,7 +6,7 @@ Boxes are ``(cx, cy, w, h, angle)`` in image pixels with mmrotate's ``le90`` ang
 
 The parts, with the release's settings as defaults (:class:`OrientedRCNNSettings`):
 
-- neck: an FPN (torchvision's, via :class:`lsnet.dense.models.LSNetFPN`) on the four backbone
+- neck: an FPN (torchvision's, via :class:`lsnet.models.fpn.LSNetFPN`) on the four backbone
   stages plus one max-pooled level on top (mmdetection's ``FPN(num_outs=5)``): for LSKNet strides
   4, 8, 16, 32, 64;
 - oriented RPN: a 3x3 conv and two 1x1 convs per level (objectness for 3 anchors, 6 midpoint-
@@ -197,7 +197,7 @@ class OrientedRCNN(nn.Module):
 
     ``images`` is a list of (3, H, W) RGB tensors in [0, 1] (sizes may differ; they are padded
     to a multiple of 32) or a batch tensor; each target holds ``boxes`` (N, 5) and ``labels`` (N,).
-    ``fpn`` is a :class:`lsnet.dense.models.LSNetFPN` without extra levels.
+    ``fpn`` is a :class:`lsnet.models.fpn.LSNetFPN` without extra levels.
     """
 
     def __init__(self, fpn: nn.Module, num_classes: int, settings: Optional[OrientedRCNNSettings] = None):
@@ -392,7 +392,7 @@ def oriented_rcnn(backbone: str, num_classes: int, settings: Optional[OrientedRC
                   frozen_norm: str = "eval", drop_path_rate: float = 0.0) -> OrientedRCNN:
     """Oriented R-CNN on the timm backbone ``backbone`` (e.g. ``lsknet_t``, ``lsnet_t``; any model
     with ``features_only``), optionally starting from a classification or backbone checkpoint."""
-    from ..dense.models import LSNetBackbone, LSNetFPN
+    from ..models.fpn import LSNetBackbone, LSNetFPN
 
     settings = settings or OrientedRCNNSettings()
     kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}

@@ -1,7 +1,7 @@
 """Drawing oriented detections: rotated box outlines with "class 0.93" labels, a colour per class.
 
 Labels are 0-based (``classes[i]`` names label ``i``); class ``i`` is drawn in
-``lsnet.dense.visualize.palette(...)[i]``, so a class keeps its colour from image to image.
+``lsnet.data.drawing.palette(...)[i]``, so a class keeps its colour from image to image.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def draw_rotated_detections(image, boxes, labels, scores=None, classes: Sequence
     text reads "name 0.93" (ground truth: pass ``scores=None``). The text sits at the box's
     top-most corner. Returns a new RGB PIL image.
     """
-    from ..dense.visualize import _to_rgb_array, palette
+    from ..data.drawing import palette, to_rgb_array
     from ..ops.rotated_boxes import obb_to_poly
 
-    canvas = Image.fromarray(_to_rgb_array(image))
+    canvas = Image.fromarray(to_rgb_array(image))
     boxes_t = torch.as_tensor(_numpy(boxes), dtype=torch.float64).reshape(-1, 5)
     labels_np = _numpy(labels).astype(np.int64).reshape(-1)
     scores_np = None if scores is None else _numpy(scores).astype(np.float64).reshape(-1)
