@@ -123,6 +123,24 @@ def test_fit_trains_writes_the_run_and_keeps_the_best(tmp_path):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+class SparseEvalTask(PointsTask):
+    def eval_every(self, updates_per_epoch):
+        return 3
+
+
+def test_epochs_without_evaluation_print_their_own_line(tmp_path):
+    """Evaluating every third epoch: metrics.jsonl holds the evaluations (3 and the last, 4), and
+    the console still shows every epoch, saying when the next evaluation comes."""
+    with _Messages("lsnet.engine.loop") as log:
+        fit(SparseEvalTask(_cfg(tmp_path)))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [3, 4]
+    lines = [m for m in log.messages if m.startswith("epoch ")]
+    assert [m.split(":")[0] for m in lines] == [f"epoch {e}/4" for e in (1, 2, 3, 4)]
+    assert lines[0].endswith("(next evaluation after epoch 3)") and "loss " in lines[0]
+    assert "val accuracy" in lines[2] and "next evaluation" not in lines[2]
+
+
 def test_resume_equals_a_straight_run(tmp_path):
     fit(PointsTask(_cfg(tmp_path / "a")))
     fit(PointsTask(_cfg(tmp_path / "b", stop_after=2)))

@@ -444,6 +444,8 @@ def _fit(task: Task, cfg: RunConfig, info: DistInfo) -> Dict[str, Any]:
             finished = state.epoch >= end_epoch or (max_updates is not None and state.num_updates >= max_updates)
             if state.epoch % task.eval_every(per_epoch) == 0 or finished:
                 _evaluate_and_log(task, run, state, metrics, since, t_epoch, epochs, max_updates)
+            else:
+                _log_training_epoch(task, run, state, since, t_epoch, epochs, per_epoch)
             _save(out / "last.pth", task, run, state, epoch)
     if info.is_main:
         if state.epoch < epochs and (max_updates is None or state.num_updates < max_updates):
@@ -517,13 +519,30 @@ def _train_one_epoch(task: Task, run: Run, state: _State, loader, epochs: int, m
             seen += n
             rate = seen * info.world_size / max(time.time() - t0, 1e-9)
             bar.update(1, loss=f"{since['loss'] / since['seen']:.4f}",
-                       lr=f"{state.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
+                       lr=f"{state.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.{1 if rate < 10 else 0}f}")
             if stop.signal is not None:
                 return True
     finally:
         bar.close()
     since["images_per_s"] = seen * info.world_size / max(time.time() - t0, 1e-9)
     return False
+
+
+def _log_training_epoch(task: Task, run: Run, state: _State, since: Dict[str, Any], t_epoch: float, epochs: int,
+                        per_epoch: int) -> None:
+    """The console line of an epoch that is not evaluated: the training loss so far (since the
+    last evaluation, averaged over every process), the rate, the time, and when the next
+    evaluation comes. metrics.jsonl keeps one record per evaluation."""
+    sums = torch.tensor([since["loss"], float(since["seen"])], dtype=torch.float64)
+    if run.info.enabled:
+        torch.distributed.all_reduce(sums)
+    if run.info.is_main:
+        every = task.eval_every(per_epoch)
+        next_eval = min(-(-state.epoch // every) * every, epochs)
+        rate = since.get("images_per_s", 0.0)
+        logger.info(f"epoch {state.epoch}/{epochs}: loss {(sums[0] / sums[1].clamp_min(1)).item():.4f}  "
+                    f"lr {state.optimizer.param_groups[0]['lr']:.2e}  {rate:.{1 if rate < 10 else 0}f} img/s  "
+                    f"{time.time() - t_epoch:.1f}s  (next evaluation after epoch {next_eval})")
 
 
 def _evaluate_and_log(task: Task, run: Run, state: _State, metrics: MetricsLog, since: Dict[str, Any],
@@ -559,7 +578,8 @@ def _evaluate_and_log(task: Task, run: Run, state: _State, metrics: MetricsLog, 
         line = f"{where}: loss {train_loss:.4f}  {task.format_metrics(val)}"
         if val_ema:
             line += f"  {task.format_metrics(val_ema, prefix='EMA')}"
-        line += (f"  lr {record['lr']:.2e}  {record['images_per_s']:.0f} img/s  {record['epoch_time_s']:.1f}s")
+        rate = record["images_per_s"]
+        line += f"  lr {record['lr']:.2e}  {rate:.{1 if rate < 10 else 0}f} img/s  {record['epoch_time_s']:.1f}s"
         if skipped:
             line += f"  ({len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]})"
         logger.info(line + ("  *best*" if improved else ""))
