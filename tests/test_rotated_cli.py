@@ -134,3 +134,14 @@ def test_small_preset_starts_from_the_shipped_backbone(monkeypatch):
     assert scratch.backbone_checkpoint is None and scratch.frozen_stages == -1
     assert resolve_rotated_config({"backbone": "lsnet_t"}).backbone_checkpoint is None  # none shipped
     assert resolve_rotated_config({"data": "/data/dota"}).preset == "1x"
+
+
+def test_eval_and_predict_refuse_other_checkpoints(tmp_path, capsys):
+    other = tmp_path / "classify.pth"
+    torch.save({"task": "classify", "config": {"task": "classify"}, "model": {}, "class_names": ["a", "b"]}, other)
+    assert main(["rotated", "eval", "--checkpoint", str(other)]) == 2
+    assert "not by lsnet rotated train" in capsys.readouterr().err
+    weights_only = tmp_path / "weights.pth"
+    torch.save({"model": {}}, weights_only)
+    assert main(["rotated", "predict", "--checkpoint", str(weights_only), str(weights_only)]) == 2
+    assert "is not a checkpoint written by lsnet rotated train" in capsys.readouterr().err

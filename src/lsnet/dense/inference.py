@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.checkpoint import CheckpointError, open_checkpoint
+from ..engine.inference import open_task_checkpoint, rebuild_task_model
+from ..models.checkpoint import CheckpointError
 
 __all__ = ["DenseInference", "load_dense_for_inference"]
 
@@ -38,30 +39,14 @@ def load_dense_for_inference(path: Union[str, os.PathLike], device: Union[str, t
     from .config import DenseConfig
     from .task import build_dense_model
 
-    ck = open_checkpoint(path)
-    content = ck.content
-    config = content.get("config") if isinstance(content, dict) else None
-    if not isinstance(config, dict) or "task" not in config or not isinstance(content.get("model"), dict):
+    ck = open_task_checkpoint(path, "lsnet detect/segment train")
+    if "task" not in ck.config:
         raise CheckpointError(f"{ck.path} is not a checkpoint written by lsnet detect/segment train")
-    names = content.get("class_names")
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{ck.path}: its metadata 'class_names' is not a list of class names (a damaged file, "
-                              "or not written by lsnet)")
-    if task is not None and config["task"] != task:
+    if task is not None and ck.config["task"] != task:
         writers = {"classify": "lsnet train", "detect": "lsnet detect train", "segment": "lsnet segment train"}
-        raise ConfigError(f"{ck.path} was written by {writers.get(config['task'], config['task'])}, not by "
+        raise ConfigError(f"{ck.path} was written by {writers.get(ck.config['task'], ck.config['task'])}, not by "
                           f"{writers.get(task, task)}")
-    try:
-        cfg = DenseConfig.from_dict({**config, "backbone_checkpoint": None})
-        model = build_dense_model(cfg, len(names))
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise CheckpointError(f"{ck.path}: its configuration cannot be used ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
-    try:
-        model.load_state_dict(content["model"])
-    except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise CheckpointError(f"{ck.path}: its weights do not fit a {cfg.arch} with the {len(names)} classes its "
-                              f"metadata names ({detail})") from err
-    return DenseInference(model=model.to(device).eval(), config=cfg, class_names=list(names),
+    cfg, model = rebuild_task_model(ck, lambda c: DenseConfig.from_dict({**c, "backbone_checkpoint": None}),
+                                    build_dense_model, lambda cfg: f"a {cfg.arch}")
+    return DenseInference(model=model.to(device).eval(), config=cfg, class_names=ck.class_names,
                           checkpoint=str(ck.path))

@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from ..models.checkpoint import CheckpointError, CheckpointFile, load_checkpoint, open_checkpoint
 
 __all__ = ["Preprocessing", "InferenceModel", "resolve_preprocessing", "preprocessing_record", "load_for_inference",
-           "check_options", "check_output_file", "check_same_classes"]
+           "check_options", "check_output_file", "check_same_classes",
+           "TaskCheckpoint", "open_task_checkpoint", "rebuild_task_model"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
@@ -214,6 +215,55 @@ def load_for_inference(checkpoint: Union[str, os.PathLike, CheckpointFile], arch
     pre = resolve_preprocessing(model, info, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
     return InferenceModel(model=model.eval(), arch=arch, num_classes=n, class_names=list(names), preprocessing=pre,
                           checkpoint=str(ck.path), seed=int(info.get("seed", 0)), info=info)
+
+
+@dataclass
+class TaskCheckpoint:
+    """A checkpoint written by a task on the engine (``fit``), read once: its configuration,
+    weights, class names and the kind of task that wrote it."""
+
+    path: Path
+    content: Dict[str, Any]
+    config: Dict[str, Any]
+    class_names: List[str]
+    kind: str
+
+
+def open_task_checkpoint(path: Union[str, os.PathLike], writer: str) -> TaskCheckpoint:
+    """Read a training checkpoint without running code; one :class:`CheckpointError` naming
+    the file (and ``writer``, the command that should have written it) for anything else."""
+    ck = open_checkpoint(path)
+    content = ck.content
+    config = content.get("config") if isinstance(content, dict) else None
+    if not isinstance(config, dict) or not isinstance(content.get("model"), dict):
+        raise CheckpointError(f"{ck.path} is not a checkpoint written by {writer}")
+    names = content.get("class_names")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{ck.path}: its metadata 'class_names' is not a list of class names (a damaged file, "
+                              "or not written by lsnet)")
+    kind = content.get("task") or config.get("task") or "classify"
+    return TaskCheckpoint(path=ck.path, content=content, config=config, class_names=list(names), kind=kind)
+
+
+def rebuild_task_model(ck: TaskCheckpoint, make_config: Callable[[Dict[str, Any]], Any],
+                       build_model: Callable[[Any, int], nn.Module], describe: Callable[[Any], str]):
+    """(configuration, model with the checkpoint's weights): ``make_config`` turns the saved
+    configuration into the task's, ``build_model(cfg, num_classes)`` rebuilds the model (the
+    checkpoint holds every weight, so no pre-trained file is read); a configuration or weights
+    that do not fit stop with one :class:`CheckpointError` (``describe(cfg)`` names the model)."""
+    try:
+        cfg = make_config(ck.config)
+        model = build_model(cfg, len(ck.class_names))
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{ck.path}: its configuration cannot be used ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
+    try:
+        model.load_state_dict(ck.content["model"])
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"{ck.path}: its weights do not fit {describe(cfg)} with the {len(ck.class_names)} "
+                              f"classes its metadata names ({detail})") from err
+    return cfg, model
 
 
 def check_same_classes(trained: Sequence[str], found: Sequence[str], checkpoint: str, data: str) -> None:

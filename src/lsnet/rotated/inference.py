@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.checkpoint import CheckpointError, open_checkpoint
+from ..engine.inference import open_task_checkpoint, rebuild_task_model
 
 __all__ = ["RotatedInference", "load_rotated_for_inference", "detect_image"]
 
@@ -35,30 +35,12 @@ def load_rotated_for_inference(path: Union[str, os.PathLike], device: Union[str,
     from .config import RotatedConfig
     from .task import build_rotated_model
 
-    ck = open_checkpoint(path)
-    content = ck.content
-    config = content.get("config") if isinstance(content, dict) else None
-    if not isinstance(config, dict) or not isinstance(content.get("model"), dict):
-        raise CheckpointError(f"{ck.path} is not a checkpoint written by lsnet rotated train")
-    kind = content.get("task") or config.get("task")
-    if kind != "rotated":
-        raise ConfigError(f"{ck.path} was written by another task ({kind or 'classify'}), not by lsnet rotated train")
-    names = content.get("class_names")
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{ck.path}: its metadata 'class_names' is not a list of class names")
-    try:
-        cfg = RotatedConfig.from_dict({**config, "backbone_checkpoint": None})
-        model = build_rotated_model(cfg, len(names))
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise CheckpointError(f"{ck.path}: its configuration cannot be used ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
-    try:
-        model.load_state_dict(content["model"])
-    except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise CheckpointError(f"{ck.path}: its weights do not fit an Oriented R-CNN ({cfg.backbone}) with the "
-                              f"{len(names)} classes its metadata names ({detail})") from err
-    return RotatedInference(model=model.to(device).eval(), config=cfg, class_names=list(names),
+    ck = open_task_checkpoint(path, "lsnet rotated train")
+    if ck.kind != "rotated":
+        raise ConfigError(f"{ck.path} was written by another task ({ck.kind}), not by lsnet rotated train")
+    cfg, model = rebuild_task_model(ck, lambda c: RotatedConfig.from_dict({**c, "backbone_checkpoint": None}),
+                                    build_rotated_model, lambda cfg: f"an Oriented R-CNN ({cfg.backbone})")
+    return RotatedInference(model=model.to(device).eval(), config=cfg, class_names=ck.class_names,
                             checkpoint=str(ck.path))
 
 
