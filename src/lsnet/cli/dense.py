@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import torch
 
-from .args import float_list, int_list
+from .args import add_run_arguments, float_list, int_list
 
 
 def add_parsers(sub) -> None:
@@ -39,6 +39,7 @@ def add_parsers(sub) -> None:
         tr = tsub.add_parser("train", help="train (presets: small for shapes, " +
                                            ("1x" if task == "detect" else "40k") + " as in the paper)")
         _common(tr, archs)
+        add_run_arguments(tr)
         tr.add_argument("--preset", choices=["small", "1x" if task == "detect" else "40k"],
                         help="schedule and sizes (default small; the options below override it)")
         tr.add_argument("--backbone-checkpoint",
@@ -61,19 +62,7 @@ def add_parsers(sub) -> None:
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
                         help="keep every BatchNorm's statistics frozen (default: on for the paper's presets, "
                              "off for small)")
-        tr.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue from a last.pth, with its run's configuration and folder (options given "
-                             "override them)")
-        tr.add_argument("--overwrite", action="store_true", default=None,
-                        help="start a new run in an --output folder that holds another run")
-        tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
-                        help="end this invocation after that many epochs (the schedule still spans the whole run)")
-        tr.add_argument("-j", "--workers", type=int, help="data-loading processes")
-        tr.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
         tr.add_argument("--fpn-channels", type=int, help="width of the FPN neck and heads (the release: 256)")
-        tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
-        tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="NHWC memory layout (default on: faster convolutions on CPU)")
         if task == "detect":
             tr.add_argument("--train-scales", type=int_list,
                             help="comma-separated shorter sides for multi-scale training")
@@ -120,7 +109,6 @@ def _common(p, archs) -> None:
                    help="default lsnet_t")
     p.add_argument("--data", help="'shapes' (default; generated when missing) or a dataset root")
     p.add_argument("--shapes-dir", help="where the shapes dataset lives (default data/shapes)")
-    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
 
 
 def run_make_shapes(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from .args import float_list
+from .args import add_run_arguments, float_list
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +75,7 @@ def add_parser(sub) -> None:
                     help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics, batch normalises "
                          "with each batch's and updates them (weights stay fixed)")
     tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
-    tr.add_argument("--resume", metavar="CHECKPOINT",
-                    help="continue from a last.pth, with its run's configuration and folder (options given override "
-                         "them)")
-    tr.add_argument("--overwrite", action="store_true", default=None,
-                    help="start a new run in an --output folder that holds another run")
-    tr.add_argument("--stop-after", type=int, metavar="EPOCHS",
-                    help="end this invocation after that many epochs (the schedule still spans the whole run)")
-    tr.add_argument("--device", help="auto (default), cpu or cuda[:N]")
-    tr.add_argument("-j", "--workers", type=int, help="data-loading processes")
-    tr.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
-    tr.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
-    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                    help="NHWC memory layout (the small preset: on)")
+    add_run_arguments(tr)
     tr.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
     tr.set_defaults(func=run_train)
 
