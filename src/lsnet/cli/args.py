@@ -4,9 +4,10 @@ options of :class:`lsnet.engine.RunConfig` that every task's ``train`` takes."""
 from __future__ import annotations
 
 import argparse
-from typing import Tuple
+from pathlib import Path
+from typing import Optional, Tuple
 
-__all__ = ["add_run_arguments", "float_list", "int_list"]
+__all__ = ["add_run_arguments", "check_predict_output", "float_list", "int_list"]
 
 
 def _numbers(text: str, kind, name: str) -> tuple:
@@ -42,3 +43,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: the preset's)")
+
+
+def check_predict_output(output: str, score_threshold: Optional[float] = None) -> Path:
+    """The ``--output`` folder of a predict command (not an existing file), after checking
+    ``--score-threshold`` (when the command has one) lies in [0, 1]; before any work."""
+    from ..errors import ConfigError
+
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder")
+    return out

@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import torch
 
-from .args import add_run_arguments, float_list, int_list
+from .args import add_run_arguments, check_predict_output, float_list, int_list
 
 
 def add_parsers(sub) -> None:
@@ -207,14 +207,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..data import ReadableImages, list_images, output_names
     from ..dense import visualize as V
     from ..engine.distributed import DistInfo, resolve_device
-    from ..errors import ConfigError
 
     log = logging.getLogger(__name__)
-    if args.task == "detect" and not 0.0 <= args.score_threshold <= 1.0:
-        raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; give a folder")
+    out = check_predict_output(args.output, args.score_threshold if args.task == "detect" else None)
     paths = list_images(args.images)
     device = resolve_device(args.device, DistInfo())
     model, cfg, names = _load(args.checkpoint, device, args.task)

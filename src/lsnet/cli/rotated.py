@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from .args import add_run_arguments, float_list
+from .args import add_run_arguments, check_predict_output, float_list
 
 logger = logging.getLogger(__name__)
 
@@ -191,16 +191,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from ..data import ReadableImages, list_images, output_names
     from ..engine.distributed import DistInfo, resolve_device
-    from ..errors import ConfigError
     from ..rotated.evaluation import write_dota_task1
     from ..rotated.inference import detect_image, load_rotated_for_inference
     from ..rotated.visualize import draw_rotated_detections
 
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; give a folder")
+    out = check_predict_output(args.output, args.score_threshold)
     paths = list_images(args.images)
     device = resolve_device(args.device, DistInfo())
     loaded = load_rotated_for_inference(args.checkpoint, device)
