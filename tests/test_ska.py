@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import load_fixture, rel_err
-from lsnet.ops import ska, ska_reference, ska_shift
+from lsnet.ops import SKA, ska, ska_reference, ska_shift
 
 
 def naive_ska(x, w):
@@ -149,19 +149,87 @@ def test_import_needs_neither_triton_nor_cuda():
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (2, 32, 24, 20)])  # unfold form / shift form
-def test_compile_custom_op_registration(shape):
-    """The operator torch.compile sees on the CPU: schema, fake (meta) and autograd registrations."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dispatcher_op_registration(shape, channels_last):
+    """torch.ops.lsnet.ska / ska_backward: schema, fake (meta) and autograd registrations, values."""
     torch.manual_seed(0)
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
     w = torch.randn(shape[0], shape[1] // 4, 9, *shape[2:], dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.lsnet.ska_cpu, (x, w))
+    torch.library.opcheck(torch.ops.lsnet.ska, (x, w))
     gy = torch.randn(shape, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.lsnet.ska_cpu_backward, (gy, x.detach(), w.detach()))
-    gx, gw = torch.ops.lsnet.ska_cpu_backward(gy, x.detach(), w.detach())
+    for need in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.lsnet.ska_backward, (gy, x.detach(), w.detach(), *need))
+    y = torch.ops.lsnet.ska(x, w)
+    assert y.stride() == torch.empty_like(x).stride()  # the layout contract: y laid out like x
     ref = ska_reference(x, w)
-    assert rel_err(torch.ops.lsnet.ska_cpu(x, w), ref) < 1e-12
+    assert rel_err(y, ref) < 1e-12
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
     ref_gx, ref_gw = torch.autograd.grad(ref, (x, w), gy)
     assert rel_err(gx, ref_gx) < 1e-12 and rel_err(gw, ref_gw) < 1e-12
+    gx, gw = torch.ops.lsnet.ska_backward(gy, x.detach(), w.detach(), True, False)
+    assert rel_err(gx, ref_gx) < 1e-12 and gw.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scripted_ska_module_matches_reference(dtype):
+    """torch.jit.script(SKA()) runs torch.ops.lsnet.ska: values and both gradients."""
+    scripted = torch.jit.script(SKA())
+    assert "lsnet.ska" in scripted.code
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for shape, cw, k in (((2, 16, 5, 7), 4, 3), ((1, 32, 24, 20), 8, 3), ((2, 6, 4, 4), 3, 5)):
+        x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+        w = torch.randn(shape[0], cw, k * k, *shape[2:], dtype=dtype, requires_grad=True)
+        gy = torch.randn(shape, dtype=dtype)
+        y = scripted(x, w)
+        ref = ska_reference(x, w)
+        assert y.dtype == dtype and rel_err(y, ref) < tol
+        gx, gw = torch.autograd.grad(y, (x, w), gy)
+        ref_gx, ref_gw = torch.autograd.grad(ref, (x, w), gy)
+        assert rel_err(gx, ref_gx) < tol and rel_err(gw, ref_gw) < tol
+
+
+def test_scripted_model_block_with_ska():
+    """A block that holds SKA as a child scripts too, and agrees with eager."""
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ska = SKA()
+            self.proj = torch.nn.Conv2d(8, 2 * 9, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, _, h, wd = x.shape
+            return self.ska(x, self.proj(x).view(n, 2, 9, h, wd)) + x
+
+    block = Block()
+    x = torch.randn(2, 8, 6, 5)
+    assert rel_err(torch.jit.script(block)(x), block(x)) < 1e-6
+
+
+def test_fx_tracing_keeps_ska_a_leaf():
+    """timm's fx tracer (lsnet's models register SKA as a no-trace module) keeps SKA one node."""
+    from timm.layers import is_notrace_module
+    from torch.fx import Tracer
+
+    import lsnet.models.lsnet  # noqa: F401  (registers SKA with timm)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ska = SKA()
+
+        def forward(self, x, w):
+            return self.ska(x, w) * 2
+
+    assert is_notrace_module(SKA)
+
+    class LeafTracer(Tracer):
+        def is_leaf_module(self, m, qualname):
+            return is_notrace_module(type(m)) or super().is_leaf_module(m, qualname)
+
+    graph = LeafTracer().trace(Block())
+    modules = [n.target for n in graph.nodes if n.op == "call_module"]
+    assert modules == ["ska"]
 
 
 def test_compiled_ska_calls_the_eager_kernels_and_matches_reference():
@@ -172,7 +240,7 @@ def test_compiled_ska_calls_the_eager_kernels_and_matches_reference():
     compiled = torch.compile(lambda a, b: ska(a, b).square().sum(), backend=lambda gm, _: calls.append(gm) or gm)
     loss = compiled(x, w)
     graph = str(calls[0].graph)
-    assert "lsnet.ska_cpu" in graph and "unfold" not in graph  # one opaque op, not the traced loop
+    assert "lsnet.ska" in graph and "unfold" not in graph  # one opaque op, not the traced loop
     gx, gw = torch.autograd.grad(loss, (x, w))
     ref_loss = ska_reference(x, w).square().sum()
     ref_gx, ref_gw = torch.autograd.grad(ref_loss, (x, w))

@@ -14,9 +14,12 @@ Two CPU implementations live here:
 * :func:`ska_shift` - a shifted multiply-accumulate over the K*K taps, on a flattened padded
   grid where every tap is one contiguous slice, with a hand-written backward of the same
   form. It never builds the unfolded tensor, so it needs far less memory and is faster; it
-  is the default on CPU. Under ``torch.compile`` it is wrapped as one custom operator
-  (``torch.ops.lsnet.ska_cpu``, with its backward), so inductor calls it instead of
-  generating a slower loop of its own.
+  is the default on CPU.
+
+``torch.ops.lsnet.ska`` (with ``torch.ops.lsnet.ska_backward``) is SKA as one dispatcher
+operator for every device: the eager kernels here on the CPU, the Triton kernels on CUDA when
+Triton is importable. ``torch.compile`` (on the CPU) and ``torch.jit.script`` (through
+:class:`SKA`) call it instead of tracing into the kernels.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .backends import backend_for, register_ska_backend, ska_backend
+from .backends import _BACKENDS, backend_for, kernels_for, register_ska_backend, ska_backend
 from .checks import check_ska_shapes
 
 __all__ = ["ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend", "ska_backend", "SKA"]
@@ -185,44 +188,91 @@ def _ska_cpu(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     return _ska_shift_forward(x, w, k)  # inference: skip the autograd.Function's overhead
 
 
-# Under torch.compile on the CPU, SKA is one opaque operator that runs the eager kernels above:
-# inductor's own loop for the traced ska_functional is 2.7-3.8x slower than them at batch 16 on
-# LSNet-T's shapes (benchmarks/bench_ska.py --compile). Export and ONNX still trace
-# ska_functional (standard ops only), and so does inductor on GPUs.
-@torch.library.custom_op("lsnet::ska_cpu", mutates_args=(), device_types="cpu")
-def _ska_cpu_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    k = math.isqrt(w.shape[2])
+def _torch_forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """The operator's forward where no device kernels are registered (the CPU; CUDA without
+    Triton): the eager kernels above, result laid out as ``torch.empty_like(x)``."""
     y = _ska_unfold(x, w, k) if x.numel() <= _SMALL else _ska_shift_forward(x, w, k)
-    return y.contiguous()
+    return _laid_out_like(y, x)
 
 
-@_ska_cpu_op.register_fake
+def _torch_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool, need_w: bool):
+    grad_x, grad_w = _ska_shift_backward(gy, x, w, k, need_x, need_w)
+    return (_laid_out_like(grad_x, x) if need_x else x.new_empty(0),
+            _laid_out_like(grad_w, w) if need_w else w.new_empty(0))
+
+
+def _laid_out_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` (a fresh result) with the strides of ``torch.empty_like(ref)``; copied only if they differ."""
+    out = torch.empty_like(ref)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+# SKA as one dispatcher operator, torch.ops.lsnet.ska (with torch.ops.lsnet.ska_backward for
+# autograd), for every device: registered device kernels (the Triton ones on CUDA) when there
+# are any, otherwise the eager kernels above. It is what TorchScript runs (SKA.forward calls it
+# when scripted) and what torch.compile sees on the CPU: one opaque operator running the eager
+# kernels, because inductor's own loop for the traced ska_functional is 2.7-3.8x slower than them
+# at batch 16 on LSNet-T's shapes (benchmarks/bench_ska.py --compile). On CUDA, torch.compile
+# gets the Triton kernels through torch.ops.lsnet.ska_triton (a triton_op, see ska_triton.py);
+# export and ONNX still trace ska_functional (standard ops only).
+#
+# Layout contract: y and grad_x are laid out as torch.empty_like(x) (a channels-last x gives a
+# channels-last y), grad_w as torch.empty_like(w); a gradient not asked for is an empty (0,)
+# tensor.
+@torch.library.custom_op("lsnet::ska", mutates_args=())
+def _ska_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    k = check_ska_shapes(x, w)
+    kernels = kernels_for(x.device.type) if x.device.type != "cpu" else None
+    if kernels is not None:
+        return kernels.forward(x, w, k)
+    return _torch_forward(x, w, k)
+
+
+@_ska_op.register_fake
 def _(x, w):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    check_ska_shapes(x, w)
+    return torch.empty_like(x)
 
 
-@torch.library.custom_op("lsnet::ska_cpu_backward", mutates_args=(), device_types="cpu")
-def _ska_cpu_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    grad_x, grad_w = _ska_shift_backward(gy, x, w, math.isqrt(w.shape[2]), True, True)
-    return grad_x.contiguous(), grad_w.contiguous()
+@torch.library.custom_op("lsnet::ska_backward", mutates_args=())
+def _ska_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool,
+                     need_w: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    k = math.isqrt(w.shape[2])
+    kernels = kernels_for(x.device.type) if x.device.type != "cpu" else None
+    if kernels is not None:
+        return kernels.backward(gy, x, w, k, need_x, need_w)
+    return _torch_backward(gy, x, w, k, need_x, need_w)
 
 
-@_ska_cpu_backward_op.register_fake
-def _(gy, x, w):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            torch.empty_like(w, memory_format=torch.contiguous_format))
+@_ska_backward_op.register_fake
+def _(gy, x, w, need_x, need_w):
+    return (torch.empty_like(x) if need_x else x.new_empty(0),
+            torch.empty_like(w) if need_w else w.new_empty(0))
 
 
-def _ska_cpu_op_setup(ctx, inputs, output):
+def _ska_op_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _ska_cpu_op_backward(ctx, gy):
+def _ska_op_backward(ctx, gy):
     x, w = ctx.saved_tensors
-    return torch.ops.lsnet.ska_cpu_backward(gy, x, w)
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_x, grad_w = torch.ops.lsnet.ska_backward(gy, x, w, need_x, need_w)
+    return (grad_x if need_x else None), (grad_w if need_w else None)
 
 
-_ska_cpu_op.register_autograd(_ska_cpu_op_backward, setup_context=_ska_cpu_op_setup)
+_ska_op.register_autograd(_ska_op_backward, setup_context=_ska_op_setup)
+
+
+def _compiled_op(x: torch.Tensor):
+    """The operator torch.compile should see for ``x``'s device: the Triton op on CUDA when the
+    Triton kernels are available (inductor sees and schedules the kernels), the opaque
+    ``lsnet::ska`` otherwise."""
+    if x.device.type == "cuda":
+        triton_op = getattr(torch.ops.lsnet, "ska_triton", None) if kernels_for("cuda") is not None else None
+        if triton_op is not None:
+            return triton_op
+    return torch.ops.lsnet.ska
 
 
 def ska_shift(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -237,22 +287,34 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Small-kernel aggregation ``y = SKA(x, w)``; see the module docstring for the definition.
 
     Dispatches on the device of ``x``: a registered backend when there is one, otherwise
-    the shifted multiply-accumulate path, which runs anywhere PyTorch does.
+    the shifted multiply-accumulate path, which runs anywhere PyTorch does. Under
+    ``torch.compile`` it is one operator (``torch.ops.lsnet.ska``, or on CUDA the Triton op);
+    under ``torch.export`` / ONNX export / ``torch.jit.trace`` it is ``ska_functional``'s
+    standard operators.
     """
     k = check_ska_shapes(x, w)
     if _tracing():
         exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch < 2.6 lacks it
-        if x.device.type == "cpu" and torch.compiler.is_compiling() and not exporting:
-            return torch.ops.lsnet.ska_cpu(x, w)
-        return ska_functional(x, w)  # export, ONNX, and inductor on GPUs see plain ops
-    fn = backend_for(x.device.type) if x.device.type != "cpu" else None
+        if torch.compiler.is_compiling() and not exporting:
+            return _compiled_op(x)(x, w)
+        return ska_functional(x, w)  # export, ONNX and jit.trace see plain ops
+    if x.device.type == "cpu":
+        fn = _BACKENDS.get("cpu")  # e.g. benchmarks routing the CPU to the reference (ska_backend)
+        return _ska_cpu(x, w, k) if fn is None else fn(x, w)
+    fn = backend_for(x.device.type)
     if fn is not None:
         return fn(x, w)
     return _ska_cpu(x, w, k)
 
 
 class SKA(torch.nn.Module):
-    """Module wrapper of :func:`ska` (no parameters), so that it appears in the model tree."""
+    """Module wrapper of :func:`ska` (no parameters), so that it appears in the model tree.
+
+    Scriptable: under ``torch.jit.script`` its forward is the dispatcher operator
+    ``torch.ops.lsnet.ska`` (differentiable, every device); otherwise it calls :func:`ska`.
+    """
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.lsnet.ska(x, w)
         return ska(x, w)

@@ -41,7 +41,7 @@ except ImportError:
 except Exception as exc:  # a broken Triton install must look like a missing one to the caller
     raise ImportError(f"lsnet.ops.ska_triton: Triton failed to import: {exc!r}") from exc
 
-from .backends import register_ska_backend
+from .backends import SKAKernels, register_ska_backend, register_ska_kernels
 from .checks import check_ska_shapes
 
 __all__ = ["ska_triton", "SKATriton"]
@@ -228,3 +228,18 @@ def _ska_triton_checked(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 register_ska_backend("cuda", _ska_triton_checked)
+
+
+def _kernels_forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    y = _forward(x.contiguous(), w.contiguous(), k)
+    return y if y.stride() == x.stride() else torch.empty_like(x).copy_(y)
+
+
+def _kernels_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool, need_w: bool):
+    gy, xc, wc = gy.contiguous(), x.contiguous(), w.contiguous()
+    gx = torch.empty_like(x).copy_(_grad_x(gy, wc, k, x.dtype)) if need_x else x.new_empty(0)
+    gw = torch.empty_like(w).copy_(_grad_w(gy, xc, w.shape, k, w.dtype)) if need_w else w.new_empty(0)
+    return gx, gw
+
+
+register_ska_kernels("cuda", SKAKernels(_kernels_forward, _kernels_backward))
