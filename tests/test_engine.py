@@ -297,3 +297,65 @@ def test_progress_without_a_terminal_is_logged_periodically(caplog, monkeypatch)
     assert lines and all(m.startswith("epoch 1/3: ") and "loss 0.5000" in m for m in lines)
     assert len(lines) == 4 and "10/10" not in lines[-1]  # every 40 s of 200 s, not the finished epoch
 
+
+
+def test_default_workers_scale_with_the_device_and_the_cores():
+    from lsnet.engine.distributed import DistInfo
+    from lsnet.engine.loop import default_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert default_workers(cuda, DistInfo(), cores=16) == 15  # one core left for the training loop
+    assert default_workers(cuda, DistInfo(), cores=64) == 16
+    assert default_workers(cuda, DistInfo(0, 8, 0, 8), cores=16) == 1  # 8 processes share the host
+    assert default_workers(cpu, DistInfo(), cores=2) == 0  # small hosts load in the main process
+    assert default_workers(cpu, DistInfo(), cores=32) == 8
+
+
+def test_a_run_without_workers_records_the_resolved_number(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1)
+    cfg.workers = None
+    fit(PointsTask(cfg))
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["workers"]
+    from lsnet.engine.distributed import DistInfo
+    from lsnet.engine.loop import default_workers
+    assert recorded == default_workers(torch.device("cpu"), DistInfo())
+
+
+class SlowPoints(Points):
+    """A dataset whose items take long to load: the loader, not the model, sets the pace."""
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(0.004)
+        return super().__getitem__(i)
+
+
+def test_an_input_bound_run_is_told_so_once(tmp_path):
+    class SlowTask(PointsTask):
+        def setup(self, run):
+            super().setup(run)
+            self.train_dataset = SlowPoints(160)
+
+    with _Messages("lsnet.engine.loop") as log:
+        fit(SlowTask(_cfg(tmp_path, epochs=2, batch_size=8)))
+    warnings = [m for m in log.messages if "input pipeline is the bottleneck" in m]
+    assert len(warnings) == 1, log.messages
+    assert "raise --workers (now 0" in warnings[0]
+    # a model-bound run (data in memory) is not warned
+    with _Messages("lsnet.engine.loop") as log:
+        fit(PointsTask(_cfg(tmp_path / "fast", epochs=2, batch_size=8)))
+    assert not any("input pipeline" in m for m in log.messages)
+
+
+def test_input_monitor_rates():
+    from lsnet.engine.loop import InputMonitor
+
+    monitor = InputMonitor(workers=2, cores=8, skip=1, min_steps=2)
+    for _ in range(5):
+        monitor.record(wait=0.3, busy=0.1, images=10)  # the first is skipped
+    assert monitor.wait_fraction == pytest.approx(0.75)
+    message = monitor.end_epoch()
+    assert "75% of the epoch" in message and "could take 100 img/s" in message and "delivered 25 img/s" in message
+    assert "now 2; this process has 8 CPU cores" in message
+    assert monitor.end_epoch() is None  # once per run

@@ -20,7 +20,7 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
-    workers: int = 4
+    workers: Optional[int] = None  # data-loading processes; None: chosen from the device and the host's cores
     amp: Optional[str] = None  # None | bfloat16 | float16 (float16 uses a gradient scaler)
     channels_last: bool = False
     compile: bool = False
@@ -52,7 +52,7 @@ class RunConfig:
             (self.clip_mode in ("agc", "norm", "value"), f"--clip-mode must be agc, norm or value, got "
                                                          f"{self.clip_mode!r}"),
             (self.clip_grad is None or self.clip_grad >= 0, f"--clip-grad must be >= 0, got {self.clip_grad}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.stop_after is None or self.stop_after >= 1, f"--stop-after must be at least 1, got "
                                                               f"{self.stop_after}"),
             (0 < self.model_ema_decay < 1, f"--model-ema-decay must lie in (0, 1), got {self.model_ema_decay}"),

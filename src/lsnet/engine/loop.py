@@ -36,7 +36,7 @@ from .report import MetricsLog, progress_bar
 
 __all__ = ["Task", "Run", "fit", "TrainingError", "autocast_context", "seed_everything", "rng_state",
            "set_rng_state", "read_training_checkpoint", "check_output_dir", "train_loader", "UpdateSchedule",
-           "split_for_rank", "unwrap_model", "resume_overrides"]
+           "split_for_rank", "unwrap_model", "resume_overrides", "default_workers", "InputMonitor"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,30 @@ class UpdateSchedule:
         """Nothing to restore (see :meth:`state_dict`)."""
 
 
+def host_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device, info: DistInfo, cores: Optional[int] = None) -> int:
+    """Data-loading processes when ``--workers`` is not given.
+
+    On a GPU the model consumes batches far faster than one process decodes and augments them,
+    so every core of this process's share of the host but one (kept for the training loop
+    itself) loads data, up to 16. On the CPU the loader competes with the model for the same
+    cores: small hosts (at most 4 cores) load in the main process, larger ones give a quarter of
+    their cores to loading.
+    """
+    cores = host_cores() if cores is None else cores
+    per_process = max(1, cores // max(1, info.local_world_size))
+    if device.type == "cuda":
+        return max(1, min(16, per_process - 1))
+    return 0 if per_process <= 4 else min(8, per_process // 4)
+
+
 def train_loader(dataset, batch_size: int, cfg: RunConfig, info: DistInfo, collate_fn=None,
                  repeated_aug: bool = False) -> torch.utils.data.DataLoader:
     """The training loader of every task, full batches only, shuffled so that each epoch's
@@ -152,9 +176,14 @@ def train_loader(dataset, batch_size: int, cfg: RunConfig, info: DistInfo, colla
     per_process = len(sampler) if sampler is not None else len(dataset)
     if per_process < batch_size:
         raise UserError(f"--batch-size {batch_size} is larger than the {per_process} training images per process")
+    workers = cfg.workers or 0
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=sampler is None, generator=generator,
-                      num_workers=cfg.workers, drop_last=True, collate_fn=collate_fn,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0)
+                      num_workers=workers, drop_last=True, collate_fn=collate_fn,
+                      # pinned pages let the host-to-GPU copy run asynchronously (non_blocking=True);
+                      # deeper prefetching rides out slow batches while the GPU works
+                      pin_memory=cuda, persistent_workers=workers > 0,
+                      prefetch_factor=(4 if cuda else 2) if workers > 0 else None)
 
 
 def seed_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int) -> None:
@@ -364,6 +393,8 @@ def fit(task: Task) -> Dict[str, Any]:
 
 def _fit(task: Task, cfg: RunConfig, info: DistInfo) -> Dict[str, Any]:
     device = resolve_device(cfg.device, info)
+    if cfg.workers is None:
+        cfg.workers = default_workers(device, info)  # resolved before config.json records it
     ck = read_training_checkpoint(cfg.resume, task.kind) if cfg.resume else None
     out = Path(cfg.output)
     check_output_dir(out, cfg.resume, cfg.overwrite)
@@ -381,6 +412,7 @@ def _fit(task: Task, cfg: RunConfig, info: DistInfo) -> Dict[str, Any]:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = task.build_loader(run)
+    monitor = InputMonitor(loader.num_workers, max(1, host_cores() // max(1, info.local_world_size)))
     per_epoch = len(loader)
     optimizer = task.build_optimizer(run, model)
     scheduler = task.build_scheduler(run, optimizer, per_epoch)
@@ -428,7 +460,7 @@ def _fit(task: Task, cfg: RunConfig, info: DistInfo) -> Dict[str, Any]:
                 task.train_dataset.reset_skipped()
             updates_at_start = state.num_updates
             t_epoch = time.time()
-            interrupted = _train_one_epoch(task, run, state, loader, epochs, max_updates, since, stop)
+            interrupted = _train_one_epoch(task, run, state, loader, epochs, max_updates, since, stop, monitor)
             if interrupted:
                 # the interrupted epoch starts over on resume, from the schedule's position at its start
                 state.num_updates = updates_at_start
@@ -476,8 +508,56 @@ def _restore(state: _State, ck: Dict[str, Any], info: DistInfo) -> None:
         set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
 
 
+class InputMonitor:
+    """How long the training loop waits for the data loader, and a warning when it is the bottleneck.
+
+    The loop's time splits into waiting for the next batch and everything else (moving the
+    batch, forward, backward, the update; the loss is read back at least every
+    ``log_interval`` steps, so on a GPU its work is inside that time too). When waiting takes
+    more than ``threshold`` of an epoch, the model could have consumed batches faster than the
+    loader produced them: :meth:`end_epoch` returns a one-time warning with both rates and the
+    loader's settings. The first ``skip`` batches of each epoch (workers starting) are ignored.
+    """
+
+    def __init__(self, workers: int, cores: int, threshold: float = 0.25, skip: int = 2, min_steps: int = 8):
+        self.workers, self.cores, self.threshold, self.skip, self.min_steps = workers, cores, threshold, skip, min_steps
+        self.warned = False
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        """Forget the previous epoch's timings."""
+        self.wait = self.busy = 0.0
+        self.images = self.steps = 0
+
+    def record(self, wait: float, busy: float, images: int) -> None:
+        """One step: ``wait`` seconds for its batch, ``busy`` seconds for the rest."""
+        self.steps += 1
+        if self.steps > self.skip:
+            self.wait += wait
+            self.busy += busy
+            self.images += images
+
+    @property
+    def wait_fraction(self) -> float:
+        total = self.wait + self.busy
+        return self.wait / total if total > 0 else 0.0
+
+    def end_epoch(self) -> Optional[str]:
+        """The warning to print, once per run, when this epoch was input-bound; else None."""
+        if self.warned or self.steps - self.skip < self.min_steps or self.wait_fraction <= self.threshold:
+            return None
+        self.warned = True
+        loader_rate = self.images / (self.wait + self.busy)
+        model_rate = self.images / max(self.busy, 1e-9)
+        hint = (f"raise --workers (now {self.workers}; this process has {self.cores} CPU cores)"
+                if self.workers < self.cores else "the loader already uses every core: lighten the augmentation "
+                                                  "or store smaller images")
+        return (f"the input pipeline is the bottleneck: {self.wait_fraction:.0%} of the epoch waiting for data; the "
+                f"model could take {model_rate:.0f} img/s but the loader delivered {loader_rate:.0f} img/s; {hint}")
+
+
 def _train_one_epoch(task: Task, run: Run, state: _State, loader, epochs: int, max_updates: Optional[int],
-                     since: Dict[str, Any], stop: _StopFlag) -> bool:
+                     since: Dict[str, Any], stop: _StopFlag, monitor: Optional[InputMonitor] = None) -> bool:
     """One pass over the loader (or up to ``max_updates``); True when a signal stopped it."""
     from timm.utils import dispatch_clip_grad
 
@@ -485,18 +565,31 @@ def _train_one_epoch(task: Task, run: Run, state: _State, loader, epochs: int, m
     state.train_model.train()
     steps = len(loader) if max_updates is None else min(len(loader), max_updates - state.num_updates)
     bar = progress_bar(steps, f"epoch {state.epoch + 1}/{epochs}", enabled=info.is_main)
+    # reading the loss back waits for the GPU: do it every log_interval steps there, every step elsewhere
+    sync_every = max(1, cfg.log_interval) if run.device.type == "cuda" else 1
+    pending: List[Tuple[torch.Tensor, int, int]] = []  # (loss, images, step) not yet read back
     seen, t0 = 0, time.time()
+    batches = iter(loader)
+    if monitor is not None:
+        monitor.start_epoch()
     try:
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
+        for step in range(steps):
+            t_wait = time.perf_counter()
+            batch = next(batches)
+            t_busy = time.perf_counter()
             with autocast_context(run.device, cfg.amp):
                 loss, n = task.loss(run, state.train_model, batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} at epoch {state.epoch + 1}, step {step + 1}: training "
-                                    f"stopped; the last good checkpoint is {run.out / 'last.pth'} (try a lower --lr "
-                                    f"or --clip-grad)")
+            pending.append((loss.detach(), n, step))
+            if len(pending) >= sync_every or step == steps - 1:
+                values = torch.stack([p[0].float() for p in pending]).tolist()
+                for value, (_, m, at) in zip(values, pending):
+                    if not math.isfinite(value):
+                        raise TrainingError(f"the loss became {value} at epoch {state.epoch + 1}, step {at + 1}: "
+                                            f"training stopped; the last good checkpoint is {run.out / 'last.pth'} "
+                                            f"(try a lower --lr or --clip-grad)")
+                    since["loss"] += value * m
+                    since["seen"] += m
+                pending.clear()
             state.optimizer.zero_grad(set_to_none=True)
             if state.scaler is not None:
                 state.scaler.scale(loss).backward()
@@ -514,17 +607,21 @@ def _train_one_epoch(task: Task, run: Run, state: _State, loader, epochs: int, m
             state.scheduler.step_update(num_updates=state.num_updates)
             if state.ema is not None:
                 state.ema.update(state.model, step=state.num_updates)
-            since["loss"] += value * n
-            since["seen"] += n
             seen += n
+            if monitor is not None:
+                monitor.record(t_busy - t_wait, time.perf_counter() - t_busy, n * info.world_size)
             rate = seen * info.world_size / max(time.time() - t0, 1e-9)
-            bar.update(1, loss=f"{since['loss'] / since['seen']:.4f}",
+            bar.update(1, loss=f"{since['loss'] / max(since['seen'], 1):.4f}",
                        lr=f"{state.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.{1 if rate < 10 else 0}f}")
             if stop.signal is not None:
                 return True
     finally:
         bar.close()
     since["images_per_s"] = seen * info.world_size / max(time.time() - t0, 1e-9)
+    if monitor is not None and info.is_main:
+        warning = monitor.end_epoch()
+        if warning:
+            logger.warning(warning)
     return False
 
 
