@@ -26,6 +26,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models import fuse as fuse_model
 from .compiled import compile_for_inference
+from .cuda_graph import CUDAGraphModel
 from .profile import count_macs
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,10 @@ def resident_mb(model: nn.Module, *inputs: torch.Tensor) -> float:
     return sum(storages.values()) / 2 ** 20
 
 
-RUNTIMES = {"eager": "pytorch", "compiled": "pytorch-compiled", "frozen": "pytorch-frozen"}
+# "cuda-graph": the eager model captured once per batch size in a CUDA graph and replayed
+# (lsnet.deploy.cuda_graph); GPUs only
+RUNTIMES = {"eager": "pytorch", "compiled": "pytorch-compiled", "frozen": "pytorch-frozen",
+            "cuda-graph": "pytorch-cuda-graph"}
 
 
 @contextlib.contextmanager
@@ -225,6 +229,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
     unknown = [m for m in cfg.modes if m not in RUNTIMES]
     if unknown or not cfg.modes:
         raise ConfigError(f"modes must be among {', '.join(RUNTIMES)}, got {', '.join(cfg.modes) or 'none'}")
+    if "cuda-graph" in cfg.modes and device.type != "cuda":
+        raise ConfigError(f"CUDA graphs need a CUDA device; got --device {cfg.device}")
     entries = []  # (result, callable)
     resident = {}  # entry index -> MiB of weights and input it holds throughout
     tmp = tempfile.TemporaryDirectory(prefix="lsnet-bench-")
@@ -236,7 +242,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> List[B
             gmacs = count_macs(model, cfg.img_size)[0] / 1e9
             for mode, b in itertools.product(cfg.modes, cfg.batch_sizes):
                 # one static graph per batch size: switching sizes between rounds must not recompile
-                runner = model if mode == "eager" else compile_for_inference(model, freeze=mode == "frozen")
+                if mode == "eager":
+                    runner = model
+                elif mode == "cuda-graph":
+                    runner = CUDAGraphModel(model)  # captured at the first (warm-up) call, under autocast
+                else:
+                    runner = compile_for_inference(model, freeze=mode == "frozen")
                 x = torch.randn(b, 3, cfg.img_size, cfg.img_size, device=device)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
