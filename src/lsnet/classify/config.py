@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..engine.config import RunConfig
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "add_train_arguments", "config_from_args",
+__all__ = ["TrainConfig", "PRESETS", "MODEL_DEFAULTS", "resolve_config", "total_lr", "model_kwarg",
            "parse_model_kwargs"]
 
 
@@ -103,9 +103,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: Values that depend on the model (its name's prefix), under the preset's. Table 10: weight
+#: decay 0.025 for LSNet-T and -S, 0.05 for -B.
+MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {"lsnet_b": {"weight_decay": 0.05}}
+
+
 def _model_defaults(model: str) -> Dict[str, Any]:
-    # Table 10: weight decay 0.025 for LSNet-T and -S, 0.05 for -B
-    return {"weight_decay": 0.05} if model.startswith("lsnet_b") else {}
+    return {k: v for prefix, values in MODEL_DEFAULTS.items() if model.startswith(prefix) for k, v in values.items()}
 
 
 def resolve_config(overrides: Dict[str, Any]) -> TrainConfig:
@@ -142,17 +146,13 @@ def total_lr(cfg: TrainConfig, world_size: int) -> float:
     return cfg.lr_base * cfg.batch_size * world_size / 512
 
 
-# ----- command line ------------------------------------------------------------------------
-
-def _optional_float(text: str) -> Optional[float]:
-    return 0.0 if text.lower() in ("none", "off") else float(text)
-
+# ----- --model-kwargs ----------------------------------------------------------------------
 
 #: Arguments of timm.create_model that ``lsnet train`` sets from its own flags.
 RESERVED_MODEL_KWARGS = {"num_classes": "--num-classes", "drop_path_rate": "--drop-path", "pretrained": "--pretrained"}
 
 
-def _model_kwarg(text: str) -> Tuple[str, Any]:
+def model_kwarg(text: str) -> Tuple[str, Any]:
     """One ``key=value`` of ``--model-kwargs``: the value as a Python literal (``3``, ``False``,
     ``(64, 128)``, ``'x'``), or else as the plain string."""
     key, sep, value = text.partition("=")
@@ -174,7 +174,7 @@ def parse_model_kwargs(items: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items:
         try:
-            key, value = item if isinstance(item, tuple) else _model_kwarg(item)
+            key, value = item if isinstance(item, tuple) else model_kwarg(item)
         except argparse.ArgumentTypeError as err:
             raise ConfigError(f"--model-kwargs: {err}") from None
         if key in out:
@@ -183,75 +183,3 @@ def parse_model_kwargs(items: List[str]) -> Dict[str, Any]:
             raise ConfigError(f"--model-kwargs: set {key} with {RESERVED_MODEL_KWARGS[key]}, not here")
         out[key] = value
     return out
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``lsnet train`` (timm's train.py names where one exists). All default to None so
-    that only what the user sets overrides the preset."""
-    p.add_argument("--model", help="timm model name (default lsnet_t)")
-    p.add_argument("--model-kwargs", nargs="+", type=_model_kwarg, metavar="KEY=VALUE",
-                   help="more arguments of timm.create_model, values as Python literals "
-                        "(e.g. large_kernel=3 use_se=False)")
-    p.add_argument("--data", help="ImageFolder root with train/ and val/, or 'digits' (default)")
-    p.add_argument("--output", help="run directory (default output/train)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="'small' (default for digits) or 'imagenet'")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--pretrained", help="initial weights file (release .pth, ours, .safetensors)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("-b", "--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float, help="absolute learning rate (default: lr-base x total batch / 512)")
-    p.add_argument("--lr-base", type=float)
-    p.add_argument("--min-lr", type=float)
-    p.add_argument("--warmup-lr", type=float)
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--sched", choices=["cosine", "step", "plateau", "poly", "tanh", "multistep"])
-    p.add_argument("--opt", help="timm optimizer name (default adamw)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--clip-grad", type=_optional_float, help="clipping threshold, or 'none'")
-    p.add_argument("--clip-mode", choices=["agc", "norm", "value"])
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--crop-pct", type=float)
-    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"])
-    p.add_argument("--aa", help="RandAugment policy, or 'none'")
-    p.add_argument("--color-jitter", type=float)
-    p.add_argument("--reprob", type=float, help="random erasing probability")
-    p.add_argument("--hflip", type=float)
-    p.add_argument("--mixup", type=float)
-    p.add_argument("--cutmix", type=float)
-    p.add_argument("--smoothing", type=float)
-    p.add_argument("--repeated-aug", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--drop-path", type=float)
-    p.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--model-ema-decay", type=float)
-    p.add_argument("--distillation", dest="distillation", choices=["none", "hard", "soft"])
-    p.add_argument("--teacher", help="timm model name of the teacher (default regnety_160)")
-    p.add_argument("--teacher-checkpoint", help="teacher weights file")
-    p.add_argument("--distillation-alpha", type=float)
-    p.add_argument("--distillation-tau", type=float)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast dtype")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (the small preset: on)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("-j", "--workers", type=int, help="data loader processes")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", default=None)
-    p.add_argument("--resume", help="checkpoint to continue from (e.g. OUTPUT/last.pth)")
-    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
-                   help="end this invocation after EPOCHS more epochs (the schedule still spans --epochs); "
-                        "continue later with --resume")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="start a new run in an --output folder that holds another run (its files are replaced)")
-    p.add_argument("--log-interval", type=int)
-    p.add_argument("--tensorboard", action="store_true", default=None)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Resolve the configuration from parsed ``lsnet train`` flags."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "model_kwargs" in overrides:
-        overrides["model_kwargs"] = parse_model_kwargs(overrides["model_kwargs"])
-    if isinstance(overrides.get("aa"), str) and overrides["aa"].lower() == "none":
-        overrides["aa"] = None
-    return resolve_config(overrides)

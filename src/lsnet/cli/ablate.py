@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..classify.config import add_train_arguments
+from .train import add_train_arguments, show_train_defaults, train_overrides
 
 VARIANTS_HELP = ("comma-separated variants: LSNet-T ablations (base, no_lkp, kl3, kl5, kl9, no_ska, ks1, ks5, cg1, "
                  "cg4, cg16, cg32, no_dw, no_se, no_lsconv), groups (table5, table7, table8, table9, lsnet, all) "
@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     t.add_argument("--base", default="lsnet_t", help="LSNet the LSNet ablations apply to (default lsnet_t)")
     add_train_arguments(t)
     t.set_defaults(func=run_train)
+    show_train_defaults(t, skip=("model", "model_kwargs", "output"))
+    t._option_string_actions["--output"].help = "folder of the variants' runs (default: output/ablation)"
 
 
 def run_table(args: argparse.Namespace) -> int:
@@ -59,9 +61,6 @@ def run_table(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the variants and print their accuracy table."""
-    import dataclasses
-
-    from ..classify.config import TrainConfig, parse_model_kwargs
     from ..errors import ConfigError
     from ..studies.ablation import format_accuracy_table, resolve_variants, train_variants
 
@@ -69,12 +68,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("lsnet ablate train takes --variants (and --base), not --model")
     if getattr(args, "resume", None):
         raise ConfigError("lsnet ablate train cannot --resume; resume one variant with lsnet train --resume")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None and k != "model"}
-    if isinstance(overrides.get("aa"), str) and overrides["aa"].lower() == "none":
-        overrides["aa"] = None
-    if "model_kwargs" in overrides:
-        overrides["model_kwargs"] = parse_model_kwargs(overrides["model_kwargs"])
+    if getattr(args, "pretrained_hub", None):
+        raise ConfigError("lsnet ablate train cannot start variants from published weights (--pretrained); "
+                          "give a file with --initial-checkpoint")
+    overrides = {k: v for k, v in train_overrides(args).items() if k != "model"}
     output = overrides.pop("output", None) or "output/ablation"
     keys = resolve_variants(args.variants)
     results = train_variants(keys, overrides, output, base=args.base)

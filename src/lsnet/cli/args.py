@@ -1,13 +1,20 @@
-"""What the sub-commands share in their arguments: comma-separated lists of numbers, and the
-options of :class:`lsnet.engine.RunConfig` that every task's ``train`` takes."""
+"""What the sub-commands share in their arguments: comma-separated lists of numbers, the
+options of :class:`lsnet.engine.RunConfig` that every task's ``train`` takes, old option
+spellings kept working (:class:`DeprecatedAlias`), the preset-dependent defaults shown in
+``--help`` (:func:`show_preset_defaults`) and the published weights ``--pretrained`` fetches
+(:func:`fetch_pretrained`)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["add_run_arguments", "check_predict_output", "float_list", "int_list"]
+__all__ = ["add_run_arguments", "check_predict_output", "float_list", "int_list", "DeprecatedAlias",
+           "note_deprecated", "warn_deprecated", "show_preset_defaults", "format_default", "fetch_pretrained"]
+
+logger = logging.getLogger(__name__)
 
 
 def _numbers(text: str, kind, name: str) -> tuple:
@@ -37,12 +44,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="start a new run in an --output folder that holds another run")
     p.add_argument("--stop-after", type=int, metavar="EPOCHS",
                    help="end this invocation after that many epochs (the schedule still spans the whole run)")
-    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("-j", "--workers", type=int, help="data-loading processes")
     p.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (default: the preset's)")
+                   help="NHWC memory layout")
 
 
 def check_predict_output(output: str, score_threshold: Optional[float] = None) -> Path:
@@ -56,3 +63,150 @@ def check_predict_output(output: str, score_threshold: Optional[float] = None) -
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file; give a folder")
     return out
+
+
+# ----- old spellings --------------------------------------------------------------------------
+
+def note_deprecated(namespace: argparse.Namespace, old: str, new: str) -> None:
+    """Remember that the command line used ``old`` where ``new`` is the current spelling."""
+    notes = list(getattr(namespace, "deprecated_options", None) or [])
+    if (old, new) not in notes:
+        notes.append((old, new))
+    namespace.deprecated_options = notes
+
+
+def warn_deprecated(args: argparse.Namespace) -> None:
+    """One warning per old spelling the command line used (called once logging is set up)."""
+    for old, new in getattr(args, "deprecated_options", None) or []:
+        logger.warning(f"{old} is deprecated; use {new} (the old spelling still works)")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option, left out of ``--help``: it stores into the current option's
+    ``dest`` and notes itself, so the command warns (:func:`warn_deprecated`).
+
+    ``add_argument("--input-size", action=DeprecatedAlias, replacement="--img-size",
+    dest="img_size", type=int)``
+    """
+
+    def __init__(self, option_strings, dest, replacement: str, nargs=None, const=None, help=None, **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, const=const, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        note_deprecated(namespace, option_string, self.replacement)
+
+
+# ----- defaults that depend on the preset -----------------------------------------------------
+
+def format_default(value: Any) -> str:
+    """A configuration value as a command line would give it: on/off, none, 1,2 for a tuple."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_default(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v!r}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+#: One column of :func:`show_preset_defaults`: its label, a configuration (field -> value), and
+#: None for a preset, or the label of the column it varies (e.g. another model under that
+#: preset): a varying column is shown for an option only where it holds a different value.
+Column = Tuple[str, Mapping[str, Any], Optional[str]]
+
+
+def show_preset_defaults(parser: argparse.ArgumentParser, columns: Sequence[Column], skip: Sequence[str] = (),
+                         fields: Optional[Mapping[str, str]] = None,
+                         none: Optional[Mapping[str, str]] = None) -> None:
+    """Append to the help of each option of ``parser`` that sets a configuration field its
+    default as the presets resolve it: ``(default: 0.1)`` when they agree, else
+    ``(default: 15 for small; 300 for imagenet)``.
+
+    ``columns`` come from the configuration classes (resolved per preset), so the help follows
+    them. ``skip`` lists fields left alone; ``fields`` maps an option's ``dest`` to its field
+    where they differ; ``none`` says what None means for a field where "none" would mislead
+    (e.g. ``{"workers": "auto"}``). Fields that are None in every preset are left alone unless
+    ``none`` names them.
+    """
+    fields, none = dict(fields or {}), dict(none or {})
+    by_label = {label: values for label, values, _ in columns}
+    presets = [values for _, values, base in columns if base is None]
+    for action in parser._actions:
+        field = fields.get(action.dest, action.dest)
+        if (not action.option_strings or action.help == argparse.SUPPRESS or field in skip
+                or action.const is False  # a --no-X beside --X, which shows the default
+                or any(field not in values for values in presets)
+                or (field not in none and all(v[field] is None for v in presets))):
+            continue
+        groups: Dict[str, List[str]] = {}
+        for label, values, base in columns:
+            if base is not None and (field not in values or values[field] == by_label[base][field]):
+                continue
+            value = values[field]
+            text = none.get(field, "none") if value is None else format_default(value)
+            groups.setdefault(text, []).append(label)
+        if len(groups) == 1:
+            shown = f"default: {next(iter(groups))}"
+        else:
+            shown = "default: " + "; ".join(f"{text} for {', '.join(labels)}" for text, labels in groups.items())
+        shown = shown.replace("%", "%%")  # argparse formats help strings with %
+        action.help = f"{action.help} ({shown})" if action.help else f"({shown})"
+
+
+# ----- published weights ----------------------------------------------------------------------
+
+def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
+    """The local file of the weights timm publishes for ``model`` (what ``pretrained=True``
+    loads), downloaded into the Hugging Face or torch hub cache on first use.
+
+    Raises :class:`lsnet.errors.ConfigError` for a model without published weights, or when
+    they cannot be fetched (offline), naming ``--initial-checkpoint`` for a downloaded file.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    import lsnet  # noqa: F401 - registers the project's models
+
+    from ..errors import ConfigError
+
+    if model not in timm.list_models():
+        raise ConfigError(f"unknown model {model!r} (not a timm model name)")
+    cfg = get_pretrained_cfg(model)
+    cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else dict(vars(cfg) if cfg else {})
+    hub_id, url, file = cfg.get("hf_hub_id"), cfg.get("url"), cfg.get("file")
+    if file:
+        return str(file)
+    if not hub_id and not url:
+        raise ConfigError(f"{option}: {model} has no published weights timm can fetch; start from a file with "
+                          f"--initial-checkpoint FILE")
+    where = f"the Hugging Face hub ({hub_id})" if hub_id else url
+    try:
+        if hub_id:
+            from huggingface_hub import hf_hub_download
+
+            names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors",
+                                                                                 "pytorch_model.bin"]
+            for name in names:
+                try:
+                    return str(hf_hub_download(hub_id, name))
+                except Exception as err:  # the hub has no such file: try the next name (timm's order)
+                    missing = type(err).__name__.endswith("EntryNotFoundError") and "Local" not in type(err).__name__
+                    if name == names[-1] or not missing:
+                        raise
+        from timm.models._hub import download_cached_file
+
+        return str(download_cached_file(url, check_hash=False, progress=False))
+    except Exception as err:  # offline, refused, missing: every one gets the same advice
+        from ..models.lsnet import RELEASE_FILES
+
+        release = (f" (the authors' release: https://huggingface.co/jameslahm/lsnet/blob/main/{RELEASE_FILES[model]})"
+                   if model in RELEASE_FILES else "")
+        raise ConfigError(f"{option}: could not fetch the published weights of {model} from {where} "
+                          f"({type(err).__name__}); download them{release} and give the file with "
+                          f"--initial-checkpoint FILE") from None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
-from .args import add_run_arguments, check_predict_output, float_list, int_list
+from .args import Column, add_run_arguments, check_predict_output, fetch_pretrained, float_list, int_list, \
+    show_preset_defaults
 
 
 def add_parsers(sub) -> None:
@@ -36,18 +37,23 @@ def add_parsers(sub) -> None:
         what = "object detection / instance segmentation" if task == "detect" else "semantic segmentation"
         p = sub.add_parser(task, help=f"{what} with an LSNet backbone")
         tsub = p.add_subparsers(dest=f"{task}_command", metavar="COMMAND", required=True)
-        tr = tsub.add_parser("train", help="train (presets: small for shapes, " +
-                                           ("1x" if task == "detect" else "40k") + " as in the paper)")
+        paper = "1x" if task == "detect" else "40k"
+        tr = tsub.add_parser("train", help=f"train (presets: small for shapes, {paper} as in the paper)",
+                             description=f"Train a {what} model. The preset sets the schedule and sizes ('small' for "
+                                         f"the shapes set, '{paper}' otherwise); the options override it. Defaults "
+                                         f"are shown per preset; 'from a checkpoint': the small preset's changes when "
+                                         f"the backbone starts from --backbone-checkpoint or --pretrained.")
         _common(tr, archs)
         add_run_arguments(tr)
-        tr.add_argument("--preset", choices=["small", "1x" if task == "detect" else "40k"],
-                        help="schedule and sizes (default small; the options below override it)")
-        tr.add_argument("--backbone-checkpoint",
-                        help="classification weights for the backbone: the release's, lsnet train's or "
+        tr.add_argument("--preset", choices=["small", paper],
+                        help=f"'small' (the default for the shapes set) or '{paper}' (the default for other data)")
+        tr.add_argument("--backbone-checkpoint", "--initial-checkpoint", dest="backbone_checkpoint", metavar="FILE",
+                        help="start the backbone from these classification weights: the release's, lsnet train's or "
                              ".safetensors (for the shapes set the repository ships "
-                             "weights/lsnet_t_shapes.safetensors); the small preset then fine-tunes (Semantic FPN: "
-                             "lr 1e-3, 1200 iterations; RetinaNet: backbone frozen with batch-statistics BatchNorm, 3 "
-                             "epochs, lr drop at 2.5; Mask R-CNN: 2 epochs, drop at 1.75)")
+                             "weights/lsnet_t_shapes.safetensors); the small preset then fine-tunes")
+        tr.add_argument("--pretrained", action="store_true", default=None,
+                        help="start the backbone from its published ImageNet weights (timm's pretrained=True, "
+                             "fetched from the Hugging Face hub once)")
         tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves")
         tr.add_argument("--epochs" if task == "detect" else "--iters", type=int, help="length of the schedule")
         tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
@@ -60,8 +66,7 @@ def add_parsers(sub) -> None:
                         help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics (the release), "
                              "batch normalises with each batch's and updates them (weights stay fixed)")
         tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep every BatchNorm's statistics frozen (default: on for the paper's presets, "
-                             "off for small)")
+                        help="keep every BatchNorm's statistics frozen")
         tr.add_argument("--fpn-channels", type=int, help="width of the FPN neck and heads (the release: 256)")
         if task == "detect":
             tr.add_argument("--train-scales", type=int_list,
@@ -75,7 +80,7 @@ def add_parsers(sub) -> None:
             tr.add_argument("--head-norm", choices=["none", "gn"],
                             help="RetinaNet: GroupNorm in the head convs (gn, torchvision's v2 head) or none (release)")
             tr.add_argument("--box-loss", choices=["l1", "smooth_l1", "giou"],
-                            help="RetinaNet: box regression loss (default l1, the release's)")
+                            help="RetinaNet: box regression loss (l1 is the release's)")
         else:
             tr.add_argument("--crop-size", type=int, help="side of the square training crops")
             tr.add_argument("--eval-interval", type=int, metavar="ITERS", help="iterations between evaluations")
@@ -84,8 +89,10 @@ def add_parsers(sub) -> None:
                             help="shorter side the rescale is relative to and inference resizes to")
             tr.add_argument("--cat-max-ratio", type=float, metavar="R",
                             help="re-draw a crop (up to 10 times) while one class covers R or more of it")
-            tr.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="training loss (default ce)")
+            tr.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="training loss")
+        tr.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
         tr.set_defaults(func=run_train, task=task)
+        show_preset_defaults(tr, preset_columns(task), skip=("preset", "task"), none={"workers": "auto"})
         ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
         ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of train")
         ev.add_argument("--data", default=None, help="default: the checkpoint's")
@@ -104,11 +111,40 @@ def add_parsers(sub) -> None:
 
 
 def _common(p, archs) -> None:
-    p.add_argument("--arch", choices=archs, help=f"default {archs[0]}")
-    p.add_argument("--backbone", choices=["lsnet_t", "lsnet_s", "lsnet_b", "lsknet_t", "lsknet_s"], default=None,
-                   help="default lsnet_t")
-    p.add_argument("--data", help="'shapes' (default; generated when missing) or a dataset root")
-    p.add_argument("--shapes-dir", help="where the shapes dataset lives (default data/shapes)")
+    p.add_argument("--arch", choices=archs, help="the detector or segmenter")
+    p.add_argument("--backbone", "--model", dest="backbone", choices=BACKBONES, default=None, metavar="NAME",
+                   help="the backbone: " + ", ".join(BACKBONES))
+    p.add_argument("--data", help="'shapes' (generated when missing) or a dataset root")
+    p.add_argument("--shapes-dir", help="where the shapes dataset lives")
+
+
+BACKBONES = ["lsnet_t", "lsnet_s", "lsnet_b", "lsknet_t", "lsknet_s"]
+
+
+def preset_columns(task: str) -> List[Column]:
+    """The configuration each preset resolves to, per model where the small preset differs (Mask
+    R-CNN's), and the small preset's changes for a backbone that starts from a checkpoint."""
+    from ..dense.config import ARCHS, resolve_dense_config
+
+    def values(arch: str, preset: str, checkpoint: bool = False) -> Dict[str, Any]:
+        over = {"preset": preset, "arch": arch, "output": f"output/{task}",  # run_train's output
+                **({"backbone_checkpoint": "FILE"} if checkpoint else {})}
+        out = resolve_dense_config(task, over).to_dict()
+        if checkpoint:
+            out.pop("backbone_checkpoint")
+        return out
+
+    first, *others = ARCHS[task]
+    small = f"small {first}" if others else "small"
+    columns: List[Column] = [(small, values(first, "small"), None)]
+    columns.append((f"{small} from a checkpoint", values(first, "small", True), small))
+    for arch in others:
+        columns.append((f"small {arch}", {k: v for k, v in values(arch, "small").items() if k != "arch"}, small))
+        varied = {k: v for k, v in values(arch, "small", True).items() if k != "arch"}
+        columns.append((f"small {arch} from a checkpoint", varied, f"small {arch}"))
+    paper = "1x" if task == "detect" else "40k"
+    columns.append((paper, values(first, paper), None))
+    return columns
 
 
 def run_make_shapes(args: argparse.Namespace) -> int:
@@ -143,14 +179,24 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Resolve the configuration and train."""
-    from ..dense.config import resolve_dense_config
+    """Resolve the configuration and train (or print it)."""
+    from ..dense.config import DenseConfig, resolve_dense_config
     from ..dense.task import train_dense
+    from ..errors import ConfigError
 
     over = _overrides(args)
     if not over.get("resume"):  # a resumed run keeps its folder
         over.setdefault("output", f"output/{args.task}")
+    if args.pretrained:
+        if over.get("resume"):
+            raise ConfigError("--pretrained starts a new run; --resume continues from its checkpoint's weights")
+        if over.get("backbone_checkpoint"):
+            raise ConfigError("--pretrained and --backbone-checkpoint both give the backbone's weights; use one")
+        over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or DenseConfig.backbone)
     cfg = resolve_dense_config(args.task, over)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     res = train_dense(cfg)
     if res["interrupted"]:
         return 130

@@ -7,8 +7,11 @@ import logging
 import sys
 from typing import List, Optional
 
+from lsnet_launcher import base_parser
+
 from ..errors import UserError
 from . import ablate, bench, convert, dense, evaluate, export, info, predict, robustness, rotated, train, visualize
+from .args import warn_deprecated
 
 
 class CLIError(UserError):
@@ -20,11 +23,8 @@ PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirect
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with its sub-commands."""
-    parser = argparse.ArgumentParser(prog="lsnet", description="LSNet: See Large, Focus Small (CVPR 2025).")
-    parser.add_argument("--version", action="store_true", help="print the package version and exit")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: debugging)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    """The top-level parser (the launcher's global options) with every sub-command."""
+    parser = base_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(sub)
     evaluate.add_parser(sub)
@@ -77,6 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    warn_deprecated(args)  # old option spellings still work, with a warning naming the current one
     if args.version:
         from lsnet import __version__
 

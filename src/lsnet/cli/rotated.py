@@ -8,9 +8,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from .args import add_run_arguments, check_predict_output, float_list
+from .args import Column, add_run_arguments, check_predict_output, fetch_pretrained, float_list, show_preset_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +39,31 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run_split)
 
     tr = rsub.add_parser("train", help="train Oriented R-CNN (presets: small for the synthetic set, 1x as in "
-                                       "the paper)")
-    tr.add_argument("--backbone", choices=BACKBONES, help="default lsknet_t (any timm model with features_only "
-                                                          "works from Python)")
-    tr.add_argument("--backbone-checkpoint",
+                                       "the paper)",
+                         description="Train Oriented R-CNN. The preset sets the schedule and sizes ('small' for the "
+                                     "synthetic set, '1x' otherwise); the options override it. Defaults are shown per "
+                                     "preset: on the synthetic set, small starts from the shipped pre-trained backbone "
+                                     "(weights/lsknet_t_aerial.safetensors) when there is one; 'small from scratch': "
+                                     "with --backbone-checkpoint none.")
+    tr.add_argument("--backbone", "--model", dest="backbone", choices=BACKBONES, metavar="NAME",
+                    help="the backbone: " + ", ".join(BACKBONES) + " (any timm model with features_only works from "
+                                                                   "Python)")
+    tr.add_argument("--backbone-checkpoint", "--initial-checkpoint", dest="backbone_checkpoint", metavar="FILE",
                     help="classification or backbone weights: the release's lsk_t_backbone.pth.tar, lsnet train's "
                          "best.pth or .safetensors (for the synthetic set the repository ships "
-                         "weights/lsknet_t_aerial.safetensors)")
-    tr.add_argument("--data", help="'aerial' (default; generated when missing) or a DOTA root with train/ and val/")
-    tr.add_argument("--aerial-dir", help="where the synthetic set lives (default data/aerial)")
+                         "weights/lsknet_t_aerial.safetensors, the default there); 'none': from scratch")
+    tr.add_argument("--pretrained", action="store_true", default=None,
+                    help="start the backbone from its published ImageNet weights (timm's pretrained=True, fetched "
+                         "from the Hugging Face hub once: LSNet's; LSKNet's are release files for "
+                         "--backbone-checkpoint)")
+    tr.add_argument("--data", help="'aerial' (generated when missing) or a DOTA root with train/ and val/")
+    tr.add_argument("--aerial-dir", help="where the synthetic set lives")
     tr.add_argument("--split-dir", help="where the patches go (default: <data>-split<patch>-<gap>)")
     tr.add_argument("--preset", choices=["small", "1x"],
-                    help="schedule and sizes (default small for the synthetic set, else 1x)")
-    tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves (default output/rotated)")
-    tr.add_argument("--patch-size", type=int, help="patch side (1x: 1024)")
-    tr.add_argument("--gap", type=int, help="overlap of neighbouring patches (1x: 200)")
+                    help="'small' (the default for the synthetic set) or '1x' (the default for other data)")
+    tr.add_argument("--output", help="folder for checkpoints, metrics.jsonl and curves")
+    tr.add_argument("--patch-size", type=int, help="patch side")
+    tr.add_argument("--gap", type=int, help="overlap of neighbouring patches")
     tr.add_argument("--epochs", type=int, help="length of the schedule")
     tr.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     tr.add_argument("--weight-decay", type=float, help="AdamW weight decay")
@@ -67,9 +77,10 @@ def add_parser(sub) -> None:
     tr.add_argument("--fc-channels", type=int, help="width of the box head's two FC layers (the release: 1024)")
     tr.add_argument("--roi-batch", type=int, metavar="N", help="RoIs sampled per image (the release: 512)")
     tr.add_argument("--rpn-post-nms", type=int, metavar="N", help="proposals kept per image (the release: 2000)")
-    tr.add_argument("--drop-path-rate", type=float, help="the backbone's stochastic depth (the release: 0.1)")
+    tr.add_argument("--drop-path", "--drop-path-rate", dest="drop_path_rate", type=float, metavar="RATE",
+                    help="the backbone's stochastic depth (the release: 0.1)")
     tr.add_argument("--norm-eval", action=argparse.BooleanOptionalAction, default=None,
-                    help="keep the backbone's BatchNorm statistics frozen (default off)")
+                    help="keep the backbone's BatchNorm statistics frozen")
     tr.add_argument("--frozen-stages", type=int, metavar="N", help="freeze the stem and the first N stages")
     tr.add_argument("--frozen-norm", choices=["eval", "batch"],
                     help="BatchNorm in the frozen stages: eval keeps the pre-trained statistics, batch normalises "
@@ -77,7 +88,9 @@ def add_parser(sub) -> None:
     tr.add_argument("--eval-every", type=int, metavar="EPOCHS", help="epochs between evaluations")
     add_run_arguments(tr)
     tr.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     tr.set_defaults(func=run_train)
+    show_preset_defaults(tr, preset_columns(), skip=("preset", "backbone_checkpoint"), none={"workers": "auto"})
 
     ev = rsub.add_parser("eval", help="DOTA mAP50 of a checkpoint on the validation split (whole images)")
     ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of lsnet rotated train")
@@ -96,6 +109,17 @@ def add_parser(sub) -> None:
                     help="draw boxes scoring at least this (default 0.3; the task-1 files keep every detection)")
     pr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     pr.set_defaults(func=run_predict)
+
+
+def preset_columns() -> List[Column]:
+    """The configuration each preset resolves to; the small preset as on the synthetic set with
+    the shipped backbone, and from scratch."""
+    from ..rotated.config import resolve_rotated_config
+
+    small = resolve_rotated_config({"preset": "small", "backbone_checkpoint": "FILE"}).to_dict()
+    scratch = resolve_rotated_config({"preset": "small", "backbone_checkpoint": "none"}).to_dict()
+    return [("small", small, None), ("small from scratch", scratch, "small"),
+            ("1x", resolve_rotated_config({"preset": "1x"}).to_dict(), None)]
 
 
 def run_make_aerial(args: argparse.Namespace) -> int:
@@ -139,11 +163,22 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Resolve the configuration and train."""
-    from ..rotated.config import resolve_rotated_config
+    """Resolve the configuration and train (or print it)."""
+    from ..errors import ConfigError
+    from ..rotated.config import RotatedConfig, resolve_rotated_config
     from ..rotated.task import train_rotated
 
-    cfg = resolve_rotated_config(_overrides(args))
+    over = _overrides(args)
+    if args.pretrained:
+        if over.get("resume"):
+            raise ConfigError("--pretrained starts a new run; --resume continues from its checkpoint's weights")
+        if over.get("backbone_checkpoint"):
+            raise ConfigError("--pretrained and --backbone-checkpoint both give the backbone's weights; use one")
+        over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or RotatedConfig.backbone)
+    cfg = resolve_rotated_config(over)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     res = train_rotated(cfg)
     if res["interrupted"]:
         return 130

@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import List, Tuple
 
+from .args import DeprecatedAlias
+
 logger = logging.getLogger(__name__)
 
 
@@ -19,7 +21,9 @@ def _common(p, default_output: str, images_default: int) -> None:
     p.add_argument("--data", default="digits",
                    help="where sample images come from without IMAGE: 'digits', 'shapes' or an ImageFolder root")
     p.add_argument("--num-images", type=int, default=images_default, help=f"images used (default {images_default})")
-    p.add_argument("--input-size", type=int, default=224, help="images are resized to this square (default 224)")
+    p.add_argument("--img-size", type=int, default=224, dest="input_size", metavar="PX",
+                   help="images are resized to this square (default 224)")
+    p.add_argument("--input-size", type=int, dest="input_size", action=DeprecatedAlias, replacement="--img-size")
     p.add_argument("--seed", type=int, default=0, help="digits split / shapes stream seed (default 0)")
     p.add_argument("--output", default=default_output, help=f"PNG to write (default {default_output})")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -64,7 +68,7 @@ def _check(args) -> None:
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be at least 1, got {args.num_images}")
     if args.input_size < 1:
-        raise ConfigError(f"--input-size must be at least 1, got {args.input_size}")
+        raise ConfigError(f"--img-size must be at least 1, got {args.input_size}")
     check_output_file(args.output, "--output", create_parent=True)
     check_output_file(args.json, "--json")
 
