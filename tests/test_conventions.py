@@ -58,3 +58,39 @@ def test_readme_release_file_block_loads_a_file_of_the_release_format(tmp_path, 
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(namespace["model"].eval()(x), release(x))
+
+
+# ----- the README is for users; the measurements live in BENCHMARKS.md --------------------------
+
+BENCHMARKS = README.parent / "BENCHMARKS.md"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_readme_links_to_benchmarks_sections_that_exist():
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.*)$", BENCHMARKS.read_text(), re.M)}
+    links = re.findall(r"BENCHMARKS\.md#([\w\-]+)", README.read_text())
+    assert links and not [a for a in links if a not in anchors]
+
+
+def test_every_picture_is_shown_somewhere():
+    shown = README.read_text() + BENCHMARKS.read_text()
+    pictures = sorted(p.name for p in (README.parent / "docs").glob("*.png"))
+    assert pictures and not [p for p in pictures if f"docs/{p}" not in shown]
+
+
+def test_readme_says_what_users_need_and_keeps_no_diary():
+    text = README.read_text()
+    assert "pip install -e . && lsnet train --output runs/digits" in text  # the main job
+    assert 'pip install -e ".[dev]" && python -m pytest -q' in text  # the tests
+    flat = " ".join(text.split())
+    assert "Seeded runs repeat exactly on one machine and PyTorch build, but differ across machines and PyTorch " \
+           "builds" in flat
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in text
+    # dated runs, commit hashes and host calibrations belong to BENCHMARKS.md
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", text)
+    assert not re.findall(r"commit [0-9a-f]{7}\b", text) and "calibration" not in text
