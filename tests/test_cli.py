@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,10 @@ def _predictions(text):
 def test_predict_batches_images_and_keeps_their_order(tmp_path, capsys):
     ck, images = _predict_setup(tmp_path)
     assert main(["predict", "--checkpoint", ck, "--batch-size", "1", "--device", "cpu", *images]) == 0
-    one = _predictions(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    # class names start right after the probability, left-aligned (no padded column)
+    assert all(re.fullmatch(r" +\d+\.\d\d%  class\d", line) for line in text.splitlines() if line.startswith(" "))
+    one = _predictions(text)
     # 2 + 2 + 1 images per forward pass, an unreadable file in the middle left out (exit status 1)
     argv = [*images[:3], str(tmp_path / "notes.txt"), *images[3:]]
     assert main(["predict", "--checkpoint", ck, "-b", "2", "--device", "cpu", "--topk", "3", *argv]) == 1
