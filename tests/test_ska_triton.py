@@ -40,94 +40,121 @@ def _run(code: str, **extra_env: str) -> subprocess.CompletedProcess:
 # Every interpreter case in one subprocess: the start-up (torch, timm, triton) costs seconds,
 # each kernel launch on these tiny shapes a fraction of one.
 _INTERPRETER_CASES = r"""
+import math
+import time
 import torch
+import lsnet.ops.ska_triton as mod
 from lsnet.ops import ska_reference
-from lsnet.ops.ska_triton import _INTERPRETED, ska_triton
+from lsnet.ops.ska_triton import _INTERPRETED, ska_triton, ska_triton_forward, ska_triton_fused
 
 assert _INTERPRETED, "TRITON_INTERPRET=1 did not reach triton.jit"
+start = time.perf_counter()
+# every kernel output starts as NaN: an element a kernel forgets to write fails the comparison
+mod._new_like = lambda t: torch.full_like(t, float("nan"))
 gen = torch.Generator().manual_seed(0)
 count = 0
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+LAYOUTS = ("NCHW", "channels-last")
 
 
 def rand(*shape, dtype=torch.float32):
-    return torch.randn(*shape, generator=gen).to(dtype)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def close(got, want, rtol, what):
     # tolerance relative to the largest reference value: sums of K*K products cancel
+    assert not torch.isnan(got).any(), f"{what}: NaN (an element was not written)"
     atol = rtol * max(1.0, want.abs().max().item())
     torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def check(n, cw, g, k, h, wd, dtype=torch.float32, rtol=1e-5, x_view=None, w_view=None, grads=(True, True)):
-    # x_view / w_view build a non-contiguous tensor with the same values as the dense one
+def lay_x(t, layout):
+    return t.contiguous(memory_format=torch.channels_last) if layout == "channels-last" else t.clone()
+
+
+def lay_w(t, layout):
+    # channels-last models hand SKA the (N, Cw*K*K, H, W) channels-last conv output viewed as 5-D
+    if layout != "channels-last":
+        return t.clone()
+    n, cw, kk, h, wd = t.shape
+    return t.reshape(n, cw * kk, h, wd).contiguous(memory_format=torch.channels_last).view(n, cw, kk, h, wd)
+
+
+def check(n, cw, g, k, h, wd, dtype=torch.float32, layout="NCHW", grads=(True, True), x_view=None, w_view=None):
+    # the values are rounded to dtype first; the reference runs in float64 on those values
     global count
     x = rand(n, cw * g, h, wd, dtype=dtype)
     w = rand(n, cw, k * k, h, wd, dtype=dtype)
     gy = rand(n, cw * g, h, wd, dtype=dtype)
-    xt = x_view(x) if x_view else x.clone()
-    wt = w_view(w) if w_view else w.clone()
+    xt = x_view(x) if x_view else lay_x(x, layout)
+    wt = w_view(w) if w_view else lay_w(w, layout)
     assert torch.equal(xt, x) and torch.equal(wt, w)
+    if layout == "channels-last" and not x_view:
+        assert mod._flat(xt)[0] is xt and mod._flat(wt)[0] is wt  # read in place, never copied
     xt.requires_grad_(grads[0])
     wt.requires_grad_(grads[1])
     y = ska_triton(xt, wt)
-    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
-
-    # ground truth: the unfold reference in float32/64 on the same (rounded) values
-    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    xr = x.to(ref_dtype).requires_grad_(grads[0])
-    wr = w.to(ref_dtype).requires_grad_(grads[1])
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.stride() == torch.empty_like(xt).stride(), (y.stride(), xt.stride())  # laid out like x
+    xr = x.double().requires_grad_(grads[0])
+    wr = w.double().requires_grad_(grads[1])
     yr = ska_reference(xr, wr)
-    what = f"n={n} cw={cw} g={g} k={k} {h}x{wd} {dtype}"
-    close(y, yr, rtol, what + " y")
-
+    what = f"n={n} cw={cw} g={g} k={k} {h}x{wd} {dtype} {layout}"
+    close(y, yr, TOL[dtype], what + " y")
     if any(grads):
-        # the upstream gradient comes in through a transpose, so backward sees it non-contiguous
-        (y.transpose(2, 3) * gy.transpose(2, 3)).sum().backward()
-        (yr * gy.to(ref_dtype)).sum().backward()
-        if grads[0]:
-            assert xt.grad.dtype == dtype
-            close(xt.grad, xr.grad, rtol, what + " grad_x")
-        else:
-            assert xt.grad is None
-        if grads[1]:
-            assert wt.grad.dtype == dtype
-            close(wt.grad, wr.grad, rtol, what + " grad_w")
-        else:
-            assert wt.grad is None
+        # the upstream gradient in the output's layout, the reference's in float64
+        (y * lay_x(gy, layout)).sum().backward()
+        (yr * gy.double()).sum().backward()
+        for t, tr, name, need in ((xt, xr, "grad_x", grads[0]), (wt, wr, "grad_w", grads[1])):
+            if need:
+                assert t.grad.dtype == dtype, name
+                close(t.grad, tr.grad, TOL[dtype], f"{what} {name}")
+            else:
+                assert t.grad is None, name
     count += 1
 
 
-# float32: every kernel size / kernel-channel / group combination on an odd 7x9 image
-for k in (3, 5):
-    for cw in (1, 2, 4):
-        for g in (1, 3, 8):
-            check(1, cw, g, k, 7, 9)
-# batch 3
-check(3, 2, 3, 3, 7, 9)
-check(3, 4, 1, 5, 5, 7)
-# several spatial blocks per (n, r) (13*21 = 273 positions), and images smaller than K
-check(1, 2, 2, 3, 13, 21)
-check(2, 1, 3, 5, 13, 21)
-check(1, 2, 3, 5, 2, 3)
-check(1, 1, 2, 5, 1, 1)
-check(1, 2, 2, 7, 6, 5)
-# non-contiguous inputs: transposed, channels-last, strided slices
+# float64 against the float64 reference: kernel sizes, kernel sharing (Cw = C, Cw < C, Cw = 1),
+# both layouts
+for layout in LAYOUTS:
+    for k in (3, 5):
+        for cw, g in ((4, 1), (2, 4), (1, 3)):
+            check(1, cw, g, k, 7, 7, torch.float64, layout)
+    # odd sizes: 1x1, an image smaller than K, 13x17 = 221 positions (not a multiple of any
+    # block), batch 3; several kernel rows per tile with a partial last one (Cw = 3, G = 8)
+    check(2, 2, 2, 3, 1, 1, torch.float64, layout)
+    check(1, 1, 2, 5, 1, 1, torch.float64, layout)
+    check(1, 2, 3, 5, 2, 3, torch.float64, layout)
+    check(3, 2, 3, 3, 13, 17, torch.float64, layout)
+    check(1, 3, 8, 3, 7, 7, torch.float64, layout)
+    check(1, 1, 2, 7, 6, 5, torch.float64, layout)
+    # only one input asks for a gradient
+    check(2, 2, 3, 3, 7, 9, torch.float64, layout, grads=(True, False))
+    check(2, 2, 3, 5, 7, 9, torch.float64, layout, grads=(False, True))
+    check(1, 2, 3, 3, 5, 5, torch.float64, layout, grads=(False, False))
+    # float32 / float16 / bfloat16 (accumulated in float32) against the float64 reference
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        check(2, 2, 4, 3, 7, 7, dtype, layout)
+        check(1, 4, 2, 5, 13, 17, dtype, layout)
+        check(1, 16, 1, 3, 14, 14, dtype, layout)
+
+# other strides: a transposed-then-copied x (dense, odd order), strided slices (copied), a
+# permuted w
 check(2, 2, 3, 3, 7, 9, x_view=lambda t: t.transpose(2, 3).contiguous().transpose(2, 3))
-check(1, 4, 2, 5, 7, 9, x_view=lambda t: t.contiguous(memory_format=torch.channels_last),
-      w_view=lambda t: t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2))
 check(1, 2, 3, 3, 7, 9, x_view=lambda t: torch.cat([t, t], dim=3)[..., ::2].copy_(t),
       w_view=lambda t: torch.cat([t, t], dim=1)[:, ::2].copy_(t))
-# only one input asks for a gradient; no gradient at all
-check(2, 2, 3, 3, 7, 9, grads=(True, False))
-check(2, 2, 3, 5, 7, 9, grads=(False, True))
-check(1, 2, 3, 3, 7, 9, grads=(False, False))
-# half precision against the float32 reference on the same rounded inputs
-for dtype in (torch.float16, torch.bfloat16):
-    for k, cw, g in ((3, 2, 3), (5, 4, 8), (5, 1, 1)):
-        check(2, cw, g, k, 7, 9, dtype=dtype, rtol=1e-2)
-# float64 accumulates in float64
-check(1, 2, 3, 5, 7, 9, dtype=torch.float64, rtol=1e-12)
+check(1, 4, 2, 5, 7, 9, w_view=lambda t: t.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2))
+
+# gradcheck in float64, both layouts
+for layout in LAYOUTS:
+    x = lay_x(rand(1, 4, 5, 6, dtype=torch.float64), layout).requires_grad_()
+    w = lay_w(rand(1, 2, 9, 5, 6, dtype=torch.float64), layout).requires_grad_()
+    assert torch.autograd.gradcheck(ska_triton, (x, w), fast_mode=True)
+    count += 1
+x = rand(1, 2, 2, 3, dtype=torch.float64).requires_grad_()
+w = rand(1, 1, 9, 2, 3, dtype=torch.float64).requires_grad_()
+assert torch.autograd.gradcheck(ska_triton, (x, w))  # the full Jacobian, on a tiny input
+count += 1
 
 # grad_w has one writer per element: two backward passes agree bit for bit
 x = rand(2, 8, 7, 9).requires_grad_()
@@ -138,7 +165,52 @@ g2 = torch.autograd.grad(ska_triton(x, w), (x, w), gy)
 assert torch.equal(g1[0], g2[0]) and torch.equal(g1[1], g2[1])
 count += 1
 
-# empty batch: no launch, empty results
+# the fused inference kernel: SKA * scale + shift + x against an eval BatchNorm after the reference
+for layout in LAYOUTS:
+    for dtype, (n, cw, g, k, h, wd) in ((torch.float64, (2, 2, 4, 3, 7, 7)), (torch.float64, (1, 3, 2, 5, 13, 17)),
+                                         (torch.float32, (3, 2, 8, 3, 7, 7)), (torch.bfloat16, (2, 4, 2, 3, 5, 6)),
+                                         (torch.float16, (1, 2, 2, 3, 1, 1))):
+        c = cw * g
+        bn = torch.nn.BatchNorm2d(c).double().eval()
+        bn.running_mean.copy_(rand(c, dtype=torch.float64))
+        bn.running_var.copy_(rand(c, dtype=torch.float64).abs() + 0.5)
+        bn.weight.data.copy_(rand(c, dtype=torch.float64))
+        bn.bias.data.copy_(rand(c, dtype=torch.float64))
+        with torch.no_grad():
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(torch.float32 if dtype != torch.float64 else dtype)
+            shift = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(scale.dtype)
+            x = rand(n, c, h, wd, dtype=dtype)
+            w = rand(n, cw, k * k, h, wd, dtype=dtype)
+            want = bn(ska_reference(x.double(), w.double())) + x.double()
+            xt = lay_x(x, layout)
+            y = ska_triton_fused(xt, lay_w(w, layout), k, scale, shift)
+        assert y.dtype == dtype and y.stride() == torch.empty_like(xt).stride()
+        close(y, want, TOL[dtype] if dtype != torch.float64 else 1e-12, f"fused {dtype} {layout} {(n, cw, g, k, h, wd)}")
+        count += 1
+
+# the triton_ops run the same kernels (eagerly here; torch.compile needs a GPU to trace them)
+assert mod.TRITON_OPS
+x = rand(2, 8, 5, 6, dtype=torch.float64)
+w = rand(2, 2, 9, 5, 6, dtype=torch.float64)
+gy = rand(2, 8, 5, 6, dtype=torch.float64)
+close(torch.ops.lsnet.ska_triton(x, w), ska_reference(x, w), 1e-12, "triton_op forward")
+gx, gw = torch.ops.lsnet.ska_triton_backward(gy, x, w, True, True)
+xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+rgx, rgw = torch.autograd.grad(ska_reference(xr, wr), (xr, wr), gy)
+close(gx, rgx, 1e-12, "triton_op grad_x")
+close(gw, rgw, 1e-12, "triton_op grad_w")
+xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+agx, agw = torch.autograd.grad(torch.ops.lsnet.ska_triton(xg, wg), (xg, wg), gy)
+assert torch.equal(agx, gx) and torch.equal(agw, gw)
+mod._new_like = torch.empty_like
+checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+torch.library.opcheck(torch.ops.lsnet.ska_triton, (xg, wg), test_utils=checks)
+torch.library.opcheck(torch.ops.lsnet.ska_triton_backward, (gy, x, w, True, False), test_utils=checks)
+torch.library.opcheck(torch.ops.lsnet.ska_bn_residual_triton, (x, w, gy[0, :, 0, 0].clone(), gy[1, :, 0, 0].clone()),
+                      test_utils=checks)
+count += 1
+
+# empty batch: no launch, empty results, a zero grad_w
 x = torch.zeros(0, 4, 5, 5, requires_grad=True)
 w = torch.zeros(0, 2, 9, 5, 5, requires_grad=True)
 y = ska_triton(x, w)
@@ -156,7 +228,7 @@ else:
     raise AssertionError("C not a multiple of Cw was accepted")
 count += 1
 
-print(f"ALL OK {count} cases")
+print(f"ALL OK {count} cases in {time.perf_counter() - start:.1f} s")
 """
 
 

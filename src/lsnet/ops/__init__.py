@@ -19,6 +19,7 @@ from .rotated_boxes import (
 from .rotated_roi_align import RotatedRoIAlign as RotatedRoIAlign
 from .rotated_roi_align import roi_align_rotated as roi_align_rotated
 from .ska import SKA, ska, ska_functional, ska_reference, ska_shift
+from .ska_fused import bn_scale_shift, ska_affine_residual
 
 __all__ = ["SKA", "ska", "ska_reference", "ska_shift", "ska_functional", "check_ska_shapes", "register_ska_backend",
-           "ska_backend"]
+           "ska_backend", "ska_affine_residual", "bn_scale_shift"]

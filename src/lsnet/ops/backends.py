@@ -21,11 +21,13 @@ class SKAKernels(NamedTuple):
     get inputs whose shapes :func:`lsnet.ops.check_ska_shapes` has accepted (``k`` is K). Their
     outputs must follow the operators' layout contract: ``y`` and ``grad_x`` as
     ``torch.empty_like(x)``, ``grad_w`` as ``torch.empty_like(w)``; a gradient that is not needed
-    is an empty tensor of shape (0,).
+    is an empty tensor of shape (0,). ``fused(x, w, k, scale, shift) -> SKA(x, w) * scale[c] +
+    shift[c] + x`` (optional) serves ``lsnet::ska_bn_residual``.
     """
 
     forward: Callable[..., torch.Tensor]
     backward: Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+    fused: Optional[Callable[..., torch.Tensor]] = None
 
 
 _BACKENDS: Dict[str, SKAFunction] = {}

@@ -1,34 +1,49 @@
-"""Triton kernels for SKA (small-kernel aggregation), forward and backward.
+"""Triton kernels for SKA (small-kernel aggregation): forward (optionally with the LS
+convolution's BatchNorm affine and residual as an epilogue) and one backward kernel for both
+gradients.
 
-Definition (see :mod:`lsnet.ops.ska`), for x (N, C, H, W) and w (N, Cw, K*K, H, W)::
+Definition (see :mod:`lsnet.ops.ska`), for x (N, C, H, W) and w (N, Cw, K*K, H, W), G = C / Cw::
 
     y[n, c, h, v] = sum_{i,j} x[n, c, h+i-P, v+j-P] * w[n, c mod Cw, i*K+j, h, v]
 
-Kernel layout. Every kernel runs a 1-D grid of N * Cw * ceil(H*W / BLOCK) programs; a
-program owns one (n, r) pair (r = kernel index in 0..Cw-1) and one block of BLOCK
-flattened spatial positions. It keeps a [KK_PAD, BLOCK] register tile (one row per tap,
-KK_PAD = next power of two >= K*K, extra rows masked off) and loops over the G = C / Cw
-channels c = r, r + Cw, r + 2*Cw, ... that share kernel r:
+Design (issue 22 item 1: bandwidth). The spatial axes are handled flattened, p = h * W + v,
+so every tensor is addressed as (N, channels, P = H*W) through its strides: NCHW-contiguous and
+channels-last tensors (and the channels-last view LKP's convolution hands over as w) are both
+read in place, never copied. A program owns one sample n, a block of BR kernel indices r, all G
+channels c = g * Cw + r that share each kernel, and a block of BP positions: a
+[BR, BG, BP] register tile (BG = G rounded up to a power of two). For each of the K*K taps,
+unrolled at compile time with ``tl.static_range`` (no padding of the tap axis), it loads the
+x tile shifted by that tap and the kernel weights once, as a [BR, BP] tile broadcast over the
+G channels, so each byte of w is read once for all the channels that share it, each byte of
+x once from memory (the neighbouring taps hit the cache) and each y byte written once.
 
-* forward: the w tile is loaded once; per channel the x tile at the K*K shifted
-  positions is loaded and reduced over taps into y.
-* grad_x: the w tile is loaded once at the *reflected* positions (p - d_t); per channel
-  the gy tile at those positions is loaded and reduced over taps.
-* grad_w: a float32 tile accumulates gy[p] * x[p + d_t] over the G channels and is
-  written once. Each grad_w element has exactly one owner program, so there are no
-  atomics and the result is deterministic.
+* forward: ``acc += x[p + d_t] * w[t, p]``; epilogue ``y = acc`` or, for the fused LS
+  convolution, ``y = acc * scale[c] + shift[c] + x[p]``.
+* backward (one kernel, both gradients, each optional): grad_w[t, p] = sum over the G
+  channels of grad_y[p] * x[p + d_t], reduced inside the tile (every grad_w element has one
+  writer: deterministic, no atomics); grad_x[p] = sum_t grad_y[p - d_t] * w[t, p - d_t], a
+  gather, so grad_x too has one writer per element.
 
-All sums are accumulated in float32 (float64 for float64 inputs); results are stored in
-the input dtype. Plane offsets are int64 so that N*C*H*W may exceed 2**31.
+Launch settings come from the shape class (layout, C, Cw, H*W) and are cached per shape.
+Sums are accumulated in float32 (float64 for float64 inputs) and stored in the input dtype.
+The sample offset is computed in int64 (N*C*H*W may exceed 2**31; one sample may not).
+
+Operators: ``torch.ops.lsnet.ska_triton`` / ``ska_triton_backward`` /
+``ska_bn_residual_triton`` are ``torch.library.triton_op`` s (torch >= 2.6) whose kernels are
+launched through ``wrap_triton``, so that ``torch.compile`` on CUDA sees the kernels themselves
+(no graph break, no replacement by generic code). Eager calls go through the plain launchers.
+The module also registers the kernels for the ``torch.ops.lsnet.ska`` dispatcher operators
+on CUDA (:func:`lsnet.ops.backends.register_ska_kernels`).
 
 Importing this module needs Triton but not CUDA; without Triton it raises ImportError.
 When ``TRITON_INTERPRET=1`` was set before Triton was imported, the kernels are run by the
-Triton interpreter and :func:`ska_triton` also accepts CPU tensors (used by the tests).
+Triton interpreter and the launchers also accept CPU tensors (used by the tests).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -44,99 +59,196 @@ except Exception as exc:  # a broken Triton install must look like a missing one
 from .backends import SKAKernels, register_ska_backend, register_ska_kernels
 from .checks import check_ska_shapes
 
-__all__ = ["ska_triton", "SKATriton"]
+__all__ = ["ska_triton", "SKATriton", "ska_triton_forward", "ska_triton_backward", "ska_triton_fused",
+           "launch_config"]
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+# ---------------------------------------------------------------------------- device code
+
 @triton.jit
-def _block_and_taps(HW, CW, H, W, K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's (n, r) and nr = n * CW + r (the kernel slice of w it owns), the
-    flattened spatial positions ``offs`` of its block (``inb``: inside the image) with their
-    row h and column v, and the taps t (``tap_ok``: t < K*K) with their offsets (dy, dx)."""
-    nblk = tl.cdiv(HW, BLOCK)
+def _tile(CW, G, P, W, BR: tl.constexpr, BG: tl.constexpr, BP: tl.constexpr):
+    """This program's sample n (int64), kernel indices r [BR], channels c = g * CW + r [BR, BG],
+    their masks, positions p [BP] with their mask, row h and column v."""
     pid = tl.program_id(0)
-    nr = pid // nblk
-    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    P: tl.constexpr = (K - 1) // 2
-    t = tl.arange(0, KK_PAD)
-    return nr // CW, nr % CW, nr, offs, offs < HW, offs // W, offs % W, t, t < K * K, t // K - P, t % K - P
+    npb = tl.cdiv(P, BP)
+    nrb = tl.cdiv(CW, BR)
+    pb = pid % npb
+    rest = pid // npb
+    rb = rest % nrb
+    n = (rest // nrb).to(tl.int64)
+    r = rb * BR + tl.arange(0, BR)
+    g = tl.arange(0, BG)
+    p = pb * BP + tl.arange(0, BP)
+    rmask = r < CW
+    cmask = rmask[:, None] & (g < G)[None, :]
+    c = g[None, :] * CW + r[:, None]
+    pmask = p < P
+    return n, r, c, rmask, cmask, p, pmask, p // W, p % W
 
 
 @triton.jit
-def _kernel_offsets(nr, t, pos, HW, K: tl.constexpr):
-    """Offsets into w (or grad_w) of tap ``t`` at flattened positions ``pos`` of slice nr."""
-    return nr.to(tl.int64) * (K * K) * HW + t[:, None].to(tl.int64) * HW + pos
+def _inside(h, v, pmask, H, W, DY: tl.constexpr, DX: tl.constexpr):
+    """``pmask`` narrowed to the positions whose neighbour (h + DY, v + DX) lies in the image
+    (the zero padding); only the tests a tap needs are emitted."""
+    ok = pmask
+    if DY < 0:
+        ok = ok & (h >= -DY)
+    if DY > 0:
+        ok = ok & (h < H - DY)
+    if DX < 0:
+        ok = ok & (v >= -DX)
+    if DX > 0:
+        ok = ok & (v < W - DX)
+    return ok
 
 
 @triton.jit
-def _shifted(h, v, dy, dx, mask, H, W, SIGN: tl.constexpr):
-    """Flattened offsets of the pixels at (h + SIGN*dy, v + SIGN*dx) for every (tap, position),
-    and ``mask`` narrowed to those inside the image (zero padding comes from the mask)."""
-    hs = h[None, :] + SIGN * dy[:, None]
-    vs = v[None, :] + SIGN * dx[:, None]
-    return hs * W + vs, mask & (hs >= 0) & (hs < H) & (vs >= 0) & (vs < W)
+def _ska_fwd_kernel(x_ptr, w_ptr, y_ptr, scale_ptr, shift_ptr, CW, G, H, W, P,
+                    xsN, xsC, xsP, wsN, wsR, wsT, wsP, ysN, ysC, ysP,
+                    K: tl.constexpr, BR: tl.constexpr, BG: tl.constexpr, BP: tl.constexpr,
+                    ACC: tl.constexpr, AFFINE: tl.constexpr):
+    """y = SKA(x, w) (AFFINE: y = SKA(x, w) * scale[c] + shift[c] + x) on one [BR, BG, BP] tile."""
+    n, r, c, rmask, cmask, p, pmask, h, v = _tile(CW, G, P, W, BR, BG, BP)
+    PAD: tl.constexpr = (K - 1) // 2
+    x_rows = x_ptr + n * xsN + c[:, :, None] * xsC  # [BR, BG, 1]
+    w_rows = w_ptr + n * wsN + r[:, None] * wsR + p[None, :] * wsP  # [BR, BP]
+    cm = cmask[:, :, None]
+    wm = rmask[:, None] & pmask[None, :]
+    acc = tl.zeros([BR, BG, BP], dtype=ACC)
+    for t in tl.static_range(K * K):
+        DY: tl.constexpr = t // K - PAD
+        DX: tl.constexpr = t % K - PAD
+        ok = _inside(h, v, pmask, H, W, DY, DX)
+        q = p + (DY * W + DX)
+        xt = tl.load(x_rows + q[None, None, :] * xsP, mask=cm & ok[None, None, :], other=0.0).to(ACC)
+        wt = tl.load(w_rows + t * wsT, mask=wm, other=0.0).to(ACC)
+        acc += xt * wt[:, None, :]
+    om = cm & pmask[None, None, :]
+    if AFFINE:
+        sc = tl.load(scale_ptr + c, mask=cmask, other=0.0).to(ACC)
+        sh = tl.load(shift_ptr + c, mask=cmask, other=0.0).to(ACC)
+        xc = tl.load(x_rows + p[None, None, :] * xsP, mask=om, other=0.0).to(ACC)  # the centre tap: cached
+        acc = acc * sc[:, :, None] + sh[:, :, None] + xc
+    y_off = n * ysN + c[:, :, None] * ysC + p[None, None, :] * ysP
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=om)
 
 
 @triton.jit
-def _ska_gather_kernel(src_ptr, w_ptr, dst_ptr, C, CW, G, H, W, HW, K: tl.constexpr, KK_PAD: tl.constexpr,
-                       BLOCK: tl.constexpr, ACC: tl.constexpr, SIGN: tl.constexpr):
-    """dst[p] = sum_t src[p + SIGN * d_t] * w[t at q], for the G channels sharing slice r.
-
-    SIGN = 1 is the forward pass (src = x, q = p: y at p gathers x at p + d_t). SIGN = -1 is
-    the gradient of x (src = grad y, q = p - d_t: x at p fed output p - d_t through tap t);
-    a gather, not a scatter, so every element is written by one program. The weights are
-    loaded once and reused by every channel."""
-    n, r, nr, offs, inb, h, v, t, tap_ok, dy, dx = _block_and_taps(HW, CW, H, W, K, KK_PAD, BLOCK)
-    src_off, m = _shifted(h, v, dy, dx, tap_ok[:, None] & inb[None, :], H, W, SIGN)
-    if SIGN == 1:
-        w_pos = offs[None, :] + tl.zeros_like(src_off)
-    else:
-        w_pos = src_off
-    wt = tl.load(w_ptr + _kernel_offsets(nr, t, w_pos, HW, K), mask=m, other=0.0).to(ACC)
-    for g in range(G):
-        plane = (n * C + g * CW + r).to(tl.int64) * HW
-        st = tl.load(src_ptr + plane + src_off, mask=m, other=0.0).to(ACC)
-        tl.store(dst_ptr + plane + offs, tl.sum(st * wt, axis=0).to(dst_ptr.dtype.element_ty), mask=inb)
-
-
-@triton.jit
-def _ska_bwd_w_kernel(gy_ptr, x_ptr, gw_ptr, C, CW, G, H, W, HW, K: tl.constexpr, KK_PAD: tl.constexpr,
-                      BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """grad_w[n, r, t, p] = sum over the G channels c of slice r of grad_y[c, p] * x[c, p + d_t];
-    this program is the only writer of its block, so it sums the channels itself."""
-    n, r, nr, offs, inb, h, v, t, tap_ok, dy, dx = _block_and_taps(HW, CW, H, W, K, KK_PAD, BLOCK)
-    w_mask = tap_ok[:, None] & inb[None, :]
-    x_off, x_mask = _shifted(h, v, dy, dx, w_mask, H, W, 1)
-    acc = tl.zeros((KK_PAD, BLOCK), dtype=ACC)
-    for g in range(G):
-        plane = (n * C + g * CW + r).to(tl.int64) * HW
-        gy = tl.load(gy_ptr + plane + offs, mask=inb, other=0.0).to(ACC)
-        xt = tl.load(x_ptr + plane + x_off, mask=x_mask, other=0.0).to(ACC)
-        acc += xt * gy[None, :]
-    tl.store(gw_ptr + _kernel_offsets(nr, t, offs[None, :], HW, K), acc.to(gw_ptr.dtype.element_ty), mask=w_mask)
+def _ska_bwd_kernel(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, CW, G, H, W, P,
+                    gsN, gsC, gsP, xsN, xsC, xsP, wsN, wsR, wsT, wsP, gxsN, gxsC, gxsP, gwsN, gwsR, gwsT, gwsP,
+                    K: tl.constexpr, BR: tl.constexpr, BG: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr,
+                    NEED_X: tl.constexpr, NEED_W: tl.constexpr):
+    """grad_x (a gather over the reflected taps) and grad_w (summed over the G channels inside
+    the tile) of one [BR, BG, BP] tile, in one pass over grad_y."""
+    n, r, c, rmask, cmask, p, pmask, h, v = _tile(CW, G, P, W, BR, BG, BP)
+    PAD: tl.constexpr = (K - 1) // 2
+    cm = cmask[:, :, None]
+    om = cm & pmask[None, None, :]
+    wm = rmask[:, None] & pmask[None, :]
+    gy_rows = gy_ptr + n * gsN + c[:, :, None] * gsC
+    if NEED_W:
+        gy_here = tl.load(gy_rows + p[None, None, :] * gsP, mask=om, other=0.0).to(ACC)
+        x_rows = x_ptr + n * xsN + c[:, :, None] * xsC
+        gw_rows = gw_ptr + n * gwsN + r[:, None] * gwsR + p[None, :] * gwsP
+    if NEED_X:
+        w_rows = w_ptr + n * wsN + r[:, None] * wsR
+        gx_acc = tl.zeros([BR, BG, BP], dtype=ACC)
+    for t in tl.static_range(K * K):
+        DY: tl.constexpr = t // K - PAD
+        DX: tl.constexpr = t % K - PAD
+        if NEED_W:
+            ok = _inside(h, v, pmask, H, W, DY, DX)
+            q = p + (DY * W + DX)
+            xt = tl.load(x_rows + q[None, None, :] * xsP, mask=cm & ok[None, None, :], other=0.0).to(ACC)
+            tl.store(gw_rows + t * gwsT, tl.sum(gy_here * xt, axis=1).to(gw_ptr.dtype.element_ty), mask=wm)
+        if NEED_X:
+            # x at p fed the output at p - d_t through tap t
+            okm = _inside(h, v, pmask, H, W, -DY, -DX)
+            qm = p - (DY * W + DX)
+            gyt = tl.load(gy_rows + qm[None, None, :] * gsP, mask=cm & okm[None, None, :], other=0.0).to(ACC)
+            wt = tl.load(w_rows + t * wsT + qm[None, :] * wsP, mask=rmask[:, None] & okm[None, :],
+                         other=0.0).to(ACC)
+            gx_acc += gyt * wt[:, None, :]
+    if NEED_X:
+        gx_off = n * gxsN + c[:, :, None] * gxsC + p[None, None, :] * gxsP
+        tl.store(gx_ptr + gx_off, gx_acc.to(gx_ptr.dtype.element_ty), mask=om)
 
 
 # ---------------------------------------------------------------------------- host side
 
 # The interpreter decision is taken by triton.jit when this module is imported, so the
 # kernel object (not the current environment) says whether CPU tensors can be launched.
-_INTERPRETED = not isinstance(_ska_gather_kernel, triton.runtime.jit.JITFunction)
+_INTERPRETED = not isinstance(_ska_fwd_kernel, triton.runtime.jit.JITFunction)
+
+_TILE_FWD = 2048  # elements per program tile: forward holds acc + one x tile
+_TILE_BWD = 1024  # backward holds grad_y, the grad_x accumulator and two loaded tiles
+_CONFIGS: dict = {}
 
 
-def _launch_config(k: int, hw: int):
-    """(KK_PAD, BLOCK, num_warps): a tile of about 4K elements, no wider than the image."""
-    kk_pad = triton.next_power_of_2(k * k)
-    block = max(32, min(256, 4096 // kk_pad))
-    block = min(block, max(32, triton.next_power_of_2(hw)))  # tiny images: fewer idle lanes
-    num_warps = 4 if kk_pad * block >= 2048 else 2
-    return kk_pad, block, num_warps
+def launch_config(backward: bool, channels_last: bool, n: int, c: int, cw: int, hw: int):
+    """(grid, BR, BG, BP, num_warps) for one shape, cached.
+
+    The tile always holds all G = C / Cw channels of its kernels (grad_w sums over them in
+    registers). NCHW: positions are the contiguous axis, so BP grows first (up to the image)
+    and the rest of the tile goes to more kernels (BR). Channels-last: channels are contiguous
+    (c = g * Cw + r), so BR grows first (all Cw kernels make every position's C channels one
+    contiguous run) and BP takes the rest.
+    """
+    key = (backward, channels_last, n, c, cw, hw)
+    hit = _CONFIGS.get(key)
+    if hit is not None:
+        return hit
+    target = _TILE_BWD if backward else _TILE_FWD
+    bg = triton.next_power_of_2(c // cw)
+    cw_pow2 = triton.next_power_of_2(cw)
+    if channels_last:
+        br = min(cw_pow2, max(1, target // bg))
+        bp = min(triton.next_power_of_2(hw), max(1, target // (bg * br)))
+    else:
+        bp = min(triton.next_power_of_2(hw), max(16, target // bg), 1024)
+        br = min(cw_pow2, max(1, target // (bg * bp)))
+    elems = br * bg * bp
+    num_warps = 8 if elems >= 4096 else 4 if elems >= 1024 else 2 if elems >= 256 else 1
+    grid = (n * triton.cdiv(cw, br) * triton.cdiv(hw, bp),)
+    if len(_CONFIGS) > 4096:  # shapes of a model are few; bound the cache anyway
+        _CONFIGS.clear()
+    _CONFIGS[key] = out = (grid, br, bg, bp, num_warps)
+    return out
+
+
+def _flat_stride(t: torch.Tensor) -> Optional[int]:
+    """Stride of the flattened H*W axis of ``t`` (last two dims), or None when (H, W) cannot be
+    addressed as one axis."""
+    h, wd = t.shape[-2], t.shape[-1]
+    if wd == 1:
+        return t.stride(-2)
+    if h == 1 or t.stride(-2) == wd * t.stride(-1):
+        return t.stride(-1)
+    return None
+
+
+def _flat(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``t`` (or a contiguous copy when its H, W cannot be flattened) and the flat stride."""
+    s = _flat_stride(t)
+    if s is None:
+        t = t.contiguous()
+        s = _flat_stride(t)
+    return t, s
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check_dtype(x: torch.Tensor) -> None:
+    if x.dtype not in _SUPPORTED:
+        raise TypeError(f"ska_triton: unsupported dtype {x.dtype}; use float32, float16, bfloat16 or float64")
 
 
 def _check_device(t: torch.Tensor) -> None:
-    if t.is_cuda:
-        return
-    if _INTERPRETED and t.device.type == "cpu":
+    if t.is_cuda or (_INTERPRETED and t.device.type == "cpu"):
         return
     raise ValueError(
         f"ska_triton: needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
@@ -144,102 +256,216 @@ def _check_device(t: torch.Tensor) -> None:
     )
 
 
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _device_guard(t: torch.Tensor):
+    """A ``torch.cuda.device`` context only when ``t`` is not on the current device."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return None
 
 
-def _launch(kernel, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cw: int, k: int, acc, **extra) -> None:
-    """Run one of the three kernels over the (n, r, spatial block) grid; ``a`` is (N, C, H, W)."""
-    n, c, h, wd = a.shape
+# Allocator of every kernel output (the tests and benchmarks/gpu_suite.py swap in a NaN-filling
+# one to catch elements a kernel forgets to write).
+_new_like = torch.empty_like
+
+
+def _forward(x: torch.Tensor, w: torch.Tensor, k: int, scale: Optional[torch.Tensor] = None,
+             shift: Optional[torch.Tensor] = None, kernel=_ska_fwd_kernel) -> torch.Tensor:
+    """Launch the forward kernel into a new tensor laid out as ``torch.empty_like(x)``.
+
+    ``kernel`` is the kernel itself in eager calls and ``wrap_triton(kernel)`` in the
+    triton_ops (traced by torch.compile). No shape checks: the callers made them."""
+    y = _new_like(x)
+    if y.numel() == 0:
+        return y
+    n, c, h, wd = x.shape
+    cw = w.shape[1]
     hw = h * wd
-    kk_pad, block, num_warps = _launch_config(k, hw)
-    grid = (n * cw * triton.cdiv(hw, block),)
-    args = (a, b, out, c, cw, c // cw, h, wd, hw)
-    meta = dict(K=k, KK_PAD=kk_pad, BLOCK=block, ACC=acc, num_warps=num_warps, **extra)
-    if a.is_cuda:
-        # launch on the tensors' device even when another device is current
-        with torch.cuda.device(a.device):
-            kernel[grid](*args, **meta)
-    else:
-        kernel[grid](*args, **meta)
-
-
-def _forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if y.numel() > 0:
-        _launch(_ska_gather_kernel, x, w, y, w.shape[1], k, _acc_dtype(x.dtype), SIGN=1)
+    xk, xsp = _flat(x)
+    wk, wsp = _flat(w)
+    yk, ysp = (y, _flat_stride(y))
+    if ysp is None:  # not for any dense x; kept for odd strides
+        yk = _new_like(xk)
+        ysp = _flat_stride(yk)
+    channels_last = xk.stride(1) == 1 and c > 1
+    grid, br, bg, bp, warps = launch_config(False, channels_last, n, c, cw, hw)
+    affine = scale is not None
+    kernel[grid](xk, wk, yk, scale if affine else xk, shift if affine else xk, cw, c // cw, h, wd, hw,
+                 xk.stride(0), xk.stride(1), xsp, wk.stride(0), wk.stride(1), wk.stride(2), wsp,
+                 yk.stride(0), yk.stride(1), ysp,
+                 K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), AFFINE=affine, num_warps=warps)
+    if yk is not y:
+        y.copy_(yk)
     return y
 
 
-def _grad_x(gy: torch.Tensor, w: torch.Tensor, k: int, x_dtype: torch.dtype) -> torch.Tensor:
-    gx = torch.empty(gy.shape, dtype=x_dtype, device=gy.device)
-    if gx.numel() > 0:
-        _launch(_ska_gather_kernel, gy, w, gx, w.shape[1], k, _acc_dtype(x_dtype), SIGN=-1)
-    return gx
+def _backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool, need_w: bool,
+              kernel=_ska_bwd_kernel) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel: (grad_x laid out like x, grad_w laid out like w); a gradient
+    that is not needed is an empty (0,) tensor."""
+    gx = _new_like(x) if need_x else x.new_empty(0)
+    gw = _new_like(w) if need_w else w.new_empty(0)
+    if not (need_x or need_w):
+        return gx, gw
+    if x.numel() == 0:
+        if need_w:
+            gw.zero_()  # no channels or pixels summed: the gradient is zero, not garbage
+        return gx, gw
+    n, c, h, wd = x.shape
+    cw = w.shape[1]
+    hw = h * wd
+    gyk, gsp = _flat(gy)
+    xk, xsp = _flat(x)
+    wk, wsp = _flat(w)
+    gxk, gxsp = (gx, _flat_stride(gx)) if need_x else (gyk, gsp)  # placeholders are never touched
+    if gxsp is None:
+        gxk = _new_like(xk)
+        gxsp = _flat_stride(gxk)
+    gwk, gwsp = (gw, _flat_stride(gw)) if need_w else (wk, wsp)
+    if gwsp is None:
+        gwk = _new_like(wk)
+        gwsp = _flat_stride(gwk)
+    channels_last = xk.stride(1) == 1 and c > 1
+    grid, br, bg, bp, warps = launch_config(True, channels_last, n, c, cw, hw)
+    kernel[grid](gyk, xk, wk, gxk, gwk, cw, c // cw, h, wd, hw,
+                 gyk.stride(0), gyk.stride(1), gsp, xk.stride(0), xk.stride(1), xsp,
+                 wk.stride(0), wk.stride(1), wk.stride(2), wsp,
+                 gxk.stride(0), gxk.stride(1), gxsp, gwk.stride(0), gwk.stride(1), gwk.stride(2), gwsp,
+                 K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), NEED_X=need_x, NEED_W=need_w,
+                 num_warps=warps)
+    if need_x and gxk is not gx:
+        gx.copy_(gxk)
+    if need_w and gwk is not gw:
+        gw.copy_(gwk)
+    return gx, gw
 
 
-def _grad_w(gy: torch.Tensor, x: torch.Tensor, w_shape, k: int, w_dtype: torch.dtype) -> torch.Tensor:
-    gw = torch.empty(w_shape, dtype=w_dtype, device=gy.device)
-    if gy.numel() > 0:
-        _launch(_ska_bwd_w_kernel, gy, x, gw, w_shape[1], k, _acc_dtype(w_dtype))
-    else:
-        gw.zero_()  # no channels or pixels summed: the gradient is zero, not garbage
-    return gw
+def ska_triton_forward(x: torch.Tensor, w: torch.Tensor, k: int, scale: Optional[torch.Tensor] = None,
+                       shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SKA forward kernel on shape-checked inputs (no autograd); with ``scale`` and ``shift``
+    (float32, length C, contiguous) the fused ``SKA * scale + shift + x``. y is laid out as
+    ``torch.empty_like(x)``."""
+    _check_dtype(x)
+    _check_device(x)
+    guard = _device_guard(x)
+    if guard is None:
+        return _forward(x, w, k, scale, shift)
+    with guard:
+        return _forward(x, w, k, scale, shift)
+
+
+def ska_triton_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool = True,
+                        need_w: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both SKA gradients in one kernel on shape-checked inputs (see :func:`_backward`)."""
+    guard = _device_guard(x)
+    if guard is None:
+        return _backward(gy, x, w, k, need_x, need_w)
+    with guard:
+        return _backward(gy, x, w, k, need_x, need_w)
 
 
 class SKATriton(torch.autograd.Function):
-    """Autograd wrapper of the Triton SKA kernels (inputs made contiguous here; shapes checked
-    by the caller, K given)."""
+    """Autograd wrapper of the Triton SKA kernels (shapes checked by the caller, K given).
+    Inputs are read in place (NCHW or channels-last); y is laid out like x."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-        if x.dtype not in _SUPPORTED:
-            raise TypeError(f"ska_triton: unsupported dtype {x.dtype}; use float32, float16 or bfloat16")
-        _check_device(x)
-        x = x.contiguous()
-        w = w.contiguous()
+        y = ska_triton_forward(x, w, k)
         ctx.save_for_backward(x, w)
         ctx.k = k
-        return _forward(x, w, k)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        # the kernels index gy as a dense (N, C, H, W) array and upcast it themselves
-        gy = gy.contiguous()
-        grad_x = _grad_x(gy, w, ctx.k, x.dtype) if need_x else None
-        grad_w = _grad_w(gy, x, w.shape, ctx.k, w.dtype) if need_w else None
-        return grad_x, grad_w, None
+        gx, gw = ska_triton_backward(gy, x, w, ctx.k, need_x, need_w)
+        return (gx if need_x else None), (gw if need_w else None), None
+
+
+def _ska_triton_checked(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The registered backend of :func:`lsnet.ops.ska` (which has checked the shapes): inference
+    skips the autograd.Function."""
+    k = math.isqrt(w.shape[2])
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return SKATriton.apply(x, w, k)
+    return ska_triton_forward(x, w, k)
 
 
 def ska_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """SKA of ``x`` (N, C, H, W) with per-pixel kernels ``w`` (N, Cw, K*K, H, W) on the GPU.
 
-    Differentiable in both arguments; returns a contiguous tensor of ``x``'s dtype.
+    Differentiable in both arguments; returns a tensor of ``x``'s dtype laid out like ``x``.
     """
-    return SKATriton.apply(x, w, check_ska_shapes(x, w))
-
-
-def _ska_triton_checked(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The registered backend: :func:`lsnet.ops.ska` has checked the shapes already."""
-    return SKATriton.apply(x, w, math.isqrt(w.shape[2]))
-
-
-register_ska_backend("cuda", _ska_triton_checked)
+    check_ska_shapes(x, w)
+    return _ska_triton_checked(x, w)
 
 
 def _kernels_forward(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-    y = _forward(x.contiguous(), w.contiguous(), k)
-    return y if y.stride() == x.stride() else torch.empty_like(x).copy_(y)
+    return ska_triton_forward(x, w, k)
 
 
-def _kernels_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x: bool, need_w: bool):
-    gy, xc, wc = gy.contiguous(), x.contiguous(), w.contiguous()
-    gx = torch.empty_like(x).copy_(_grad_x(gy, wc, k, x.dtype)) if need_x else x.new_empty(0)
-    gw = torch.empty_like(w).copy_(_grad_w(gy, xc, w.shape, k, w.dtype)) if need_w else w.new_empty(0)
-    return gx, gw
+def ska_triton_fused(x: torch.Tensor, w: torch.Tensor, k: int, scale: torch.Tensor,
+                     shift: torch.Tensor) -> torch.Tensor:
+    """``SKA(x, w) * scale[c] + shift[c] + x`` on shape-checked inputs (the forward kernel with
+    its affine + residual epilogue); see :mod:`lsnet.ops.ska_fused` for the contract."""
+    return ska_triton_forward(x, w, k, scale.contiguous(), shift.contiguous())
 
 
-register_ska_kernels("cuda", SKAKernels(_kernels_forward, _kernels_backward))
+register_ska_backend("cuda", _ska_triton_checked)
+register_ska_kernels("cuda", SKAKernels(_kernels_forward, ska_triton_backward, ska_triton_fused))
+
+
+# ---------------------------------------------------------------------------- torch.compile
+
+def _register_triton_ops() -> bool:
+    """``lsnet::ska_triton`` (+ backward) and ``lsnet::ska_bn_residual_triton`` as triton_ops: under
+    torch.compile inductor sees the kernels (wrap_triton) instead of an opaque call."""
+    if not hasattr(torch.library, "triton_op"):  # torch < 2.6: torch.compile uses lsnet::ska
+        return False
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("lsnet::ska_triton", mutates_args=())
+    def _ska_triton_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return _forward(x, w, math.isqrt(w.shape[2]), kernel=wrap_triton(_ska_fwd_kernel))
+
+    @triton_op("lsnet::ska_triton_backward", mutates_args=())
+    def _ska_triton_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool,
+                                need_w: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        return _backward(gy, x, w, math.isqrt(w.shape[2]), need_x, need_w, kernel=wrap_triton(_ska_bwd_kernel))
+
+    @triton_op("lsnet::ska_bn_residual_triton", mutates_args=())
+    def _ska_bn_residual_triton_op(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
+                                   shift: torch.Tensor) -> torch.Tensor:
+        return _forward(x, w, math.isqrt(w.shape[2]), scale, shift, kernel=wrap_triton(_ska_fwd_kernel))
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx, gw = torch.ops.lsnet.ska_triton_backward(gy, x, w, need_x, need_w)
+        return (gx if need_x else None), (gw if need_w else None)
+
+    _ska_triton_op.register_autograd(backward, setup_context=setup)
+
+    if _INTERPRETED:
+        # wrap_triton hands back the interpreted kernel, which cannot run on fake tensors: give
+        # the ops plain fake implementations (the interpreter tests run them eagerly)
+        @_ska_triton_op.register_fake
+        def _(x, w):
+            return torch.empty_like(x)
+
+        @_ska_triton_backward_op.register_fake
+        def _(gy, x, w, need_x, need_w):
+            return (torch.empty_like(x) if need_x else x.new_empty(0),
+                    torch.empty_like(w) if need_w else w.new_empty(0))
+
+        @_ska_bn_residual_triton_op.register_fake
+        def _(x, w, scale, shift):
+            return torch.empty_like(x)
+    return True
+
+
+TRITON_OPS = _register_triton_ops()
