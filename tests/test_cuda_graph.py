@@ -47,3 +47,10 @@ def test_bench_refuses_cuda_graphs_on_the_cpu():
 
     with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device; got --device cpu"):
         run_benchmark(BenchConfig(models=["lsnet_t"], modes=("eager", "cuda-graph"), device="cpu"))
+
+
+def test_bench_cli_cuda_graph_needs_a_gpu(capsys):
+    from lsnet.cli.main import main
+
+    assert main(["bench", "--models", "lsnet_t", "--cuda-graph"]) == 2
+    assert "--cuda-graph needs a GPU: add --device cuda" in capsys.readouterr().err

@@ -58,8 +58,11 @@ def add_parser(sub) -> None:
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm and re-parameterise (lsnet.fuse)")
     p.add_argument("--compile", nargs="?", const="compiled", type=_modes, default=["eager"], metavar="MODES",
                    help="torch.compile each model. Optionally a comma-separated list of PyTorch runtimes to time "
-                        "side by side among eager, compiled and frozen (compiled with inductor freezing: weights "
+                        "side by side among eager, compiled, frozen and cuda-graph (compiled with inductor freezing: weights "
                         "as constants, pre-packed convolutions, the deployment setting), e.g. --compile eager,frozen")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time each model captured in a CUDA graph and replayed (lsnet.deploy.CUDAGraphModel; "
+                        "GPUs only): the forward without Python's launch overhead")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--onnx", action="store_true", help="also time the fused model in onnxruntime (CPU)")
     p.add_argument("--rounds", type=int, default=10, help="timed rounds per configuration (default 10)")
@@ -78,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown timm model(s): {', '.join(unknown)}")
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
+    modes = list(args.compile) + (["cuda-graph"] if args.cuda_graph and "cuda-graph" not in args.compile else [])
+    if "cuda-graph" in modes and not args.device.startswith("cuda"):
+        raise ConfigError(f"--cuda-graph needs a GPU: add --device cuda (got --device {args.device})")
     cfg = BenchConfig(models=models, batch_sizes=args.batch_sizes, device=args.device, dtype=args.dtype,
-                      fuse=args.fuse, modes=args.compile, channels_last=args.channels_last, onnx=args.onnx,
+                      fuse=args.fuse, modes=modes, channels_last=args.channels_last, onnx=args.onnx,
                       img_size=args.img_size, warmup=args.warmup, rounds=args.rounds, threads=args.threads)
     results = run_benchmark(cfg)
-    flags = [f for f, on in (("fused", args.fuse), ("/".join(args.compile), args.compile != ["eager"]),
+    flags = [f for f, on in (("fused", args.fuse), ("/".join(modes), modes != ["eager"]),
                              ("channels-last", args.channels_last)) if on]
     print(f"{args.device}, {args.dtype}, {args.img_size}x{args.img_size}" + (", " + ", ".join(flags) if flags else ""))
     print(format_markdown(results))

@@ -233,7 +233,7 @@ class RotatedTask(Task):
         return (f"training Oriented R-CNN with {cfg.backbone} on {cfg.data}: {len(self.train_dataset)} train "
                 f"patches / {len(self.annotations)} val images ({len(self.val_dataset)} patches of "
                 f"{cfg.patch_size}px), {len(self.class_names)} classes, batch {cfg.batch_size}x{info.world_size}, "
-                f"lr {cfg.lr:.1e}, {cfg.epochs} epochs, preset {cfg.preset}, {run.device}")
+                f"lr {cfg.lr:.1e}, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, preset {cfg.preset}, {run.device}")
 
     def checkpoint_extras(self) -> Dict[str, Any]:
         return {"arch": "oriented_rcnn", "backbone": self.cfg.backbone}
