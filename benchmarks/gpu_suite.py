@@ -6,17 +6,22 @@
 Sections, in this order (``--sections`` picks a subset, by name or number):
 
 1. ``correctness``: every SKA implementation on the device (on CUDA: the public ``ska``, which
-   dispatches to the registered Triton backend, the generic shifted form ``ska_shift`` and the
-   traced form ``ska_functional``; plus the Triton kernels launched directly into NaN-filled
-   output buffers) against the unfold reference in float64, forward and both gradients, on fresh
-   random inputs, at the five SKA shapes of the issue, float32 and bfloat16, NCHW and
-   channels-last inputs. Before each public call the caching allocator is emptied and refilled
+   dispatches to the registered Triton backend, the dispatcher operator ``torch.ops.lsnet.ska``,
+   the generic shifted form ``ska_shift`` and the traced form ``ska_functional``; plus the Triton
+   forward and backward kernels launched directly into NaN-filled output buffers) against the
+   unfold reference in float64, forward and both gradients, and the fused inference operator
+   ``ska_affine_residual`` (public, and its Triton kernel into NaN-filled buffers) against
+   ``SKA * scale + shift + x`` in float64, on fresh random inputs, at the five SKA shapes of the
+   issue, float32 and bfloat16, NCHW and channels-last inputs (w then in the channels-last
+   layout LKP's convolution hands over). Before each public call the caching allocator is emptied and refilled
    with freed NaN blocks of the outputs' sizes, so an element the kernel forgets to write shows up
    as NaN (the "poison" column says whether the outputs landed in those blocks).
 2. ``bandwidth``: a large device-to-device copy, GB/s counting read + write.
 3. ``ska``: median ms of the SKA forward and forward+backward (ours = ``lsnet.ops.ska`` vs the
-   unfold reference ``ska_reference`` run in the same dtype), GB/s counting each byte of x, w and
-   y once (forward+backward: x, w, y, grad y, grad x, grad w once each) and % of the copy rate.
+   unfold reference ``ska_reference`` run in the same dtype) and of the fused inference op
+   (``ska_affine_residual``, forward), float32 and bfloat16, NCHW and channels-last, GB/s
+   counting each byte of x, w and y once (forward+backward: x, w, y, grad y, grad x, grad w once
+   each) and % of the copy rate.
 4. ``throughput``: images/s of the fused models (``lsnet.fuse``) at 224x224 beside timm peers:
    float32 eager, bfloat16 autocast + channels-last, and ``torch.compile`` (float32).
 5. ``latency``: batch-1 median ms, eager and replayed from a CUDA graph of the fused forward.
@@ -62,7 +67,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import lsnet  # noqa: E402,F401  (registers the lsnet_* models with timm)
-from lsnet.ops import ska, ska_functional, ska_reference, ska_shift  # noqa: E402
+from lsnet.ops import ska, ska_affine_residual, ska_functional, ska_reference, ska_shift  # noqa: E402
 from lsnet.ops.backends import backend_for  # noqa: E402
 
 SECTIONS = ["correctness", "bandwidth", "ska", "throughput", "latency", "train"]
@@ -188,6 +193,22 @@ def layout(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if name == "channels-last" else t.contiguous()
 
 
+def layout_w(k: torch.Tensor, name: str) -> torch.Tensor:
+    """w as a model hands it over: contiguous for NCHW; for channels-last, LKP's channels-last
+    (N, Cw*K*K, H, W) convolution output viewed as (N, Cw, K*K, H, W)."""
+    if name != "channels-last":
+        return k.contiguous()
+    n, cw, kk, h, w = k.shape
+    return k.reshape(n, cw * kk, h, w).contiguous(memory_format=torch.channels_last).view(n, cw, kk, h, w)
+
+
+def affine_inputs(c: int, device, gen):
+    """Per-channel float32 scale and shift of an eval BatchNorm (scale in [0.5, 1.5])."""
+    scale = torch.rand(c, device=device, generator=gen) + 0.5
+    shift = torch.randn(c, device=device, generator=gen)
+    return scale, shift
+
+
 def layouts_for(suite: Suite) -> List[str]:
     return ["NCHW", "channels-last"]
 
@@ -241,18 +262,31 @@ def _rel_err(got: Optional[torch.Tensor], ref: torch.Tensor) -> float:
     return diff / max(ref.abs().max().item(), 1e-30)
 
 
+def _nan_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(t, float("nan"))
+
+
 def _triton_direct(mod, x, k, gy, kk: int):
-    """The Triton kernels launched straight into NaN-filled output buffers (no allocator involved)."""
-    x, k, gy = x.contiguous(), k.contiguous(), gy.contiguous()
-    acc = mod._acc_dtype(x.dtype)
-    cw = k.shape[1]
-    y = torch.full_like(x, float("nan"))
-    gx = torch.full_like(x, float("nan"))
-    gw = torch.full_like(k, float("nan"))
-    mod._launch(mod._ska_gather_kernel, x, k, y, cw, kk, acc, SIGN=1)
-    mod._launch(mod._ska_gather_kernel, gy, k, gx, cw, kk, acc, SIGN=-1)
-    mod._launch(mod._ska_bwd_w_kernel, gy, x, gw, cw, kk, acc)
+    """The Triton kernels launched on the given layouts with every output buffer NaN-filled
+    (the module's output allocator swapped for one that fills with NaN): forward, then the
+    backward kernel for both gradients."""
+    previous = mod._new_like
+    mod._new_like = _nan_like
+    try:
+        y = mod.ska_triton_forward(x, k, kk)
+        gx, gw = mod.ska_triton_backward(gy, x, k, kk, True, True)
+    finally:
+        mod._new_like = previous
     return y, gx, gw
+
+
+def _triton_direct_fused(mod, x, k, scale, shift, kk: int):
+    previous = mod._new_like
+    mod._new_like = _nan_like
+    try:
+        return mod.ska_triton_fused(x, k, kk, scale, shift)
+    finally:
+        mod._new_like = previous
 
 
 def section_correctness(suite: Suite) -> dict:
@@ -260,10 +294,17 @@ def section_correctness(suite: Suite) -> dict:
     impls = _ska_implementations(suite)
     triton_mod = _triton_module(suite)
     direct = triton_mod is not None and all(hasattr(triton_mod, a) for a in
-                                            ("_launch", "_acc_dtype", "_ska_gather_kernel", "_ska_bwd_w_kernel"))
+                                            ("_new_like", "ska_triton_forward", "ska_triton_backward",
+                                             "ska_triton_fused"))
+    impls = dict(impls)
+    impls["torch.ops.lsnet.ska (dispatcher op)"] = torch.ops.lsnet.ska
+    where = "" if suite.cuda else " (interpreter)"
     if direct:
-        impls = dict(impls)
-        impls["ska_triton kernels, NaN-filled out" + ("" if suite.cuda else " (interpreter)")] = "direct"
+        impls["ska_triton kernels, NaN-filled out" + where] = "direct"
+    # the fused inference op: forward only, against bn(SKA) + x in float64
+    impls["ska_affine_residual (fused op)"] = "fused"
+    if direct:
+        impls["ska_triton fused kernel, NaN-filled out" + where] = "fused direct"
     elif suite.cuda:
         notes.append("the Triton module did not import: only the generic paths were checked")
     else:
@@ -282,6 +323,8 @@ def section_correctness(suite: Suite) -> dict:
                 yr = ska_reference(xr, kr)
                 gxr, gkr = torch.autograd.grad(yr, (xr, kr), gy.double())
                 yr = yr.detach()
+                scale, shift = affine_inputs(c, suite.device, gen)
+                fr = yr * scale.double().view(c, 1, 1) + shift.double().view(c, 1, 1) + x.double()
                 del xr, kr
             except Exception as exc:  # noqa: BLE001 - report and carry on
                 suite.fail(f"correctness reference {label} {dname}: {error_text(exc)}")
@@ -293,8 +336,30 @@ def section_correctness(suite: Suite) -> dict:
                     row = dict(impl=iname, shape=label, size=f"{n}x{c}x{h}x{w}", dtype=dname, layout=lname)
                     try:
                         xi = layout(x, lname).requires_grad_(True)
-                        ki = k.clone().requires_grad_(True)
+                        ki = layout_w(k, lname).requires_grad_(True)
                         gyi = layout(gy, lname)
+                        if fn in ("fused", "fused direct"):
+                            with torch.no_grad():
+                                if fn == "fused":
+                                    ptrs = _poison(suite, [x])
+                                    y = ska_affine_residual(xi, ki, scale, shift)
+                                    row["poisoned"] = f"{int(y.data_ptr() in ptrs)}/1"
+                                else:
+                                    y = _triton_direct_fused(triton_mod, xi, ki, scale, shift, SKA_K)
+                                    row["poisoned"] = "1/1"
+                            suite.sync()
+                            row["err_y"] = _rel_err(y, fr)
+                            finite = bool(torch.isfinite(y).all())
+                            layout_ok = y.shape == x.shape and y.stride() == torch.empty_like(xi).stride()
+                            tol = TOLERANCE[dname]
+                            row["ok"] = bool(finite and layout_ok and row["err_y"] <= tol)
+                            if not row["ok"]:
+                                why = ("non-finite values" if not finite else "wrong shape or layout" if not layout_ok
+                                       else f"err {row['err_y']:.3g} > tolerance {tol:g}")
+                                suite.fail(f"correctness {iname} {label} {dname} {lname}: {why}")
+                            rows.append(row)
+                            del xi, ki, gyi, y
+                            continue
                         if fn == "direct":
                             y, gx, gk = _triton_direct(triton_mod, xi.detach(), ki.detach(), gyi, SKA_K)
                             row["poisoned"] = "3/3"
@@ -324,8 +389,10 @@ def section_correctness(suite: Suite) -> dict:
                         row.update(ok=False, error=error_text(exc))
                         suite.fail(f"correctness {iname} {label} {dname} {lname}: {error_text(exc)}")
                     rows.append(row)
-            del x, k, gy, yr, gxr, gkr
+            del x, k, gy, yr, gxr, gkr, fr
             suite.empty_cache()
+    notes.append("fused rows: y = SKA(x, w) * scale + shift + x (inference op; no gradients), reference in float64; "
+                 "channels-last rows pass w as the channels-last convolution output viewed as 5-D (as models do)")
     notes.append("err = max |got - ref| / max |ref| against SKA in float64 on the same rounded inputs; "
                  f"pass when every err <= {TOLERANCE['fp32']:g} (fp32) / {TOLERANCE['bf16']:g} (bf16) and all "
                  "values finite; 'poisoned' counts the outputs (y, grad x, grad w) that landed in NaN-filled memory")
@@ -363,37 +430,47 @@ def section_bandwidth(suite: Suite) -> dict:
 
 def section_ska(suite: Suite) -> dict:
     rows, notes = [], []
-    impls = {"ours (ska)": ska, "unfold reference": ska_reference}
+    impls = {"ours (ska)": ska, "unfold reference": ska_reference, "ours fused (ska_bn_residual)": "fused"}
     gen = torch.Generator(device=suite.device).manual_seed(suite.args.seed + 1)
     if suite.copy_gbs is None:
         notes.append("the bandwidth section did not run: no % of copy")
     for label, n, c, h, w in ska_shapes(suite):
         for dname, dtype in DTYPES.items():
             x0, k0, gy0 = ska_inputs(n, c, h, w, dtype, suite.device, gen)
+            scale, shift = affine_inputs(c, suite.device, gen)
             size = x0.element_size()
             fwd_bytes = (2 * x0.numel() + k0.numel()) * size  # x, w read, y written
             both_bytes = 2 * fwd_bytes + (x0.numel() + k0.numel()) * size  # + grad y, grad x, grad w
             for lname in layouts_for(suite):
                 x = layout(x0, lname).requires_grad_(True)
-                k = k0.clone().requires_grad_(True)
+                k = layout_w(k0, lname).requires_grad_(True)
                 gy = layout(gy0, lname)
                 for iname, fn in impls.items():
                     row = dict(impl=iname, shape=label, size=f"{n}x{c}x{h}x{w}", dtype=dname, layout=lname)
                     try:
-                        def forward(fn=fn, x=x, k=k):
-                            with torch.no_grad():
-                                fn(x, k)
+                        if fn == "fused":
+                            def forward(x=x, k=k):
+                                with torch.no_grad():
+                                    ska_affine_residual(x, k, scale, shift)
 
-                        def forward_backward(fn=fn, x=x, k=k, gy=gy):
-                            torch.autograd.grad(fn(x, k), (x, k), gy)
+                            forward_backward = None  # inference only
+                        else:
+                            def forward(fn=fn, x=x, k=k):
+                                with torch.no_grad():
+                                    fn(x, k)
+
+                            def forward_backward(fn=fn, x=x, k=k, gy=gy):
+                                torch.autograd.grad(fn(x, k), (x, k), gy)
 
                         row["fwd_ms"] = suite.median_ms(forward)
-                        row["both_ms"] = suite.median_ms(forward_backward)
                         row["fwd_gbs"] = fwd_bytes / (row["fwd_ms"] * 1e-3) / 1e9
-                        row["both_gbs"] = both_bytes / (row["both_ms"] * 1e-3) / 1e9
+                        if forward_backward is not None:
+                            row["both_ms"] = suite.median_ms(forward_backward)
+                            row["both_gbs"] = both_bytes / (row["both_ms"] * 1e-3) / 1e9
                         if suite.copy_gbs:
                             row["fwd_pct"] = 100 * row["fwd_gbs"] / suite.copy_gbs
-                            row["both_pct"] = 100 * row["both_gbs"] / suite.copy_gbs
+                            if "both_gbs" in row:
+                                row["both_pct"] = 100 * row["both_gbs"] / suite.copy_gbs
                     except Exception as exc:  # noqa: BLE001
                         row["error"] = error_text(exc)
                         suite.fail(f"ska {iname} {label} {dname} {lname}: {error_text(exc)}")
@@ -402,7 +479,11 @@ def section_ska(suite: Suite) -> dict:
             del x0, k0, gy0
             suite.empty_cache()
     notes.append("bytes: forward x + w + y; forward+backward x + w + y + grad y + grad x + grad w, each once; "
-                 "the unfold reference runs in the benchmark dtype; w is (N, C/8, 9, H, W), contiguous")
+                 "the unfold reference runs in the benchmark dtype; w is (N, C/8, 9, H, W): contiguous for NCHW, "
+                 "for channels-last the channels-last convolution output viewed as 5-D (as LKP hands it over)")
+    notes.append("fused = SKA * scale + shift + x in one op (LSConv's eval BatchNorm and residual); its bytes are "
+                 "counted as the forward's (the two C-vectors are negligible); compare its ms with ours + the "
+                 "separate BatchNorm and add it replaces")
     columns = [("implementation", "impl", None), ("shape", "shape", None), ("N x C x H x W", "size", None),
                ("dtype", "dtype", None), ("x layout", "layout", None), ("fwd ms", "fwd_ms", 3),
                ("fwd+bwd ms", "both_ms", 3), ("fwd GB/s", "fwd_gbs", 1), ("fwd % copy", "fwd_pct", 1),
