@@ -118,8 +118,8 @@ def _ska_fwd_kernel(x_ptr, w_ptr, y_ptr, scale_ptr, shift_ptr, CW, G, H, W, P,
     wm = rmask[:, None] & pmask[None, :]
     acc = tl.zeros([BR, BG, BP], dtype=ACC)
     for t in tl.static_range(K * K):
-        DY: tl.constexpr = t // K - PAD
-        DX: tl.constexpr = t % K - PAD
+        DY = t // K - PAD  # compile-time values: t is a static_range constant
+        DX = t % K - PAD
         ok = _inside(h, v, pmask, H, W, DY, DX)
         q = p + (DY * W + DX)
         xt = tl.load(x_rows + q[None, None, :] * xsP, mask=cm & ok[None, None, :], other=0.0).to(ACC)
@@ -156,8 +156,8 @@ def _ska_bwd_kernel(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, CW, G, H, W, P,
         w_rows = w_ptr + n * wsN + r[:, None] * wsR
         gx_acc = tl.zeros([BR, BG, BP], dtype=ACC)
     for t in tl.static_range(K * K):
-        DY: tl.constexpr = t // K - PAD
-        DX: tl.constexpr = t % K - PAD
+        DY = t // K - PAD  # compile-time values: t is a static_range constant
+        DX = t % K - PAD
         if NEED_W:
             ok = _inside(h, v, pmask, H, W, DY, DX)
             q = p + (DY * W + DX)
