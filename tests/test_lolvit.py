@@ -210,3 +210,46 @@ def test_onnx_matches(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"input": x.numpy()})[0]
     assert abs(out - ref).max() < 1e-4
+
+
+# ----- TorchScript and torch.fx ----------------------------------------------------------------
+
+def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
+    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torch.fx import GraphModule, Tracer
+
+    leaves = tuple(get_notrace_modules())
+
+    class TimmTracer(Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, leaves) or super().is_leaf_module(m, name)
+
+    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
+
+
+def test_torchscript_and_fx_match_eager():
+    """torch.jit.script of the model and of its torch.fx graph (timm's two TorchScript tests), at
+    a size that is no multiple of 32."""
+    torch.manual_seed(0)
+    model = timm.create_model("lolvit_s", num_classes=5).eval()
+    scripted = torch.jit.script(model)
+    graph = torch.jit.script(_fx_graph(model))
+    x = torch.randn(2, 3, 97, 130)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(graph(x), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [dict(depth=3, fold=2, patch_size=2, window=4),
+                                     dict(depth=2, fold=3, cache=False, attn_fn="softmax", fusion="mobilevit")])
+def test_block_torchscript_matches_eager(options):
+    """The padding paths (map not a multiple of the patch, keys not a multiple of the fold, a
+    last window cut short) and the block options, scripted."""
+    torch.manual_seed(0)
+    block = LOLViTBlock(8, 16, 32, 8, **options).eval()
+    scripted = torch.jit.script(block)
+    x = torch.randn(2, 8, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), block(x), rtol=0, atol=0)

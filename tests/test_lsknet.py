@@ -219,6 +219,52 @@ def test_torch_fx_trace():
         torch.testing.assert_close(traced(x), model(x))
 
 
+
+def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
+    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torch.fx import GraphModule, Tracer
+
+    leaves = tuple(get_notrace_modules())
+
+    class TimmTracer(Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, leaves) or super().is_leaf_module(m, name)
+
+    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
+
+
+def test_torchscript_and_fx_match_eager():
+    """torch.jit.script of the model and of its torch.fx graph (timm's two TorchScript tests)."""
+    torch.manual_seed(0)
+    model = timm.create_model("lsknet_t", num_classes=5).eval()
+    for bn in _batchnorms(model):
+        bn.running_mean.normal_(0, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    scripted = torch.jit.script(model)
+    graph = torch.jit.script(_fx_graph(model))
+    x = torch.randn(2, 3, 65, 97)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(graph(x), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("depths", [(1, 1), (1, 1, 1, 1, 1)])
+def test_torchscript_any_number_of_stages_and_pruned(depths):
+    """The scripted forward walks the stages by name, however many there are, also after
+    ``prune_intermediate_layers``."""
+    torch.manual_seed(0)
+    n = len(depths)
+    model = LSKNet(embed_dims=(8, 16, 24, 32, 40)[:n], depths=depths, mlp_ratios=(2,) * n, num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=0, atol=0)
+        model.prune_intermediate_layers([n - 2])
+        assert model.num_stages == n - 1
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=0, atol=0)
+
+
 # ----- release files ----------------------------------------------------------------------
 
 def _backbone_state(seed: int = 0, classes: int = 0) -> dict:

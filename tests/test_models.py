@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import timm
 import torch
@@ -284,3 +286,82 @@ def test_models_trace_with_torch_fx(name, size):
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x))
+
+
+# ----- TorchScript ---------------------------------------------------------------------------
+
+SMALL = dict(embed_dim=(16, 32, 48, 64), depth=(1, 2, 3, 2), key_dim=8, num_heads=2, num_classes=5)
+
+
+def _with_random_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and scales (the zero-initialised ones would hide branches)."""
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.normal_(1, 0.2)
+    return model.eval()
+
+
+def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
+    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torch.fx import GraphModule, Tracer
+
+    leaves = tuple(get_notrace_modules())
+
+    class TimmTracer(Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, leaves) or super().is_leaf_module(m, name)
+
+    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
+
+
+@pytest.mark.parametrize("options", [dict(distillation=True),
+                                     dict(small_kernel=5, large_kernel=3, channels_per_group=16, use_lkp=False),
+                                     dict(use_ska=False, use_se=False, use_extra_dw=False)])
+def test_torchscript_matches_eager(options):
+    """torch.jit.script of LSNet and its ablation options (the trained and a resized bias grid);
+    the scripted model also saves and loads (no Python left in it)."""
+    torch.manual_seed(0)
+    model = _with_random_statistics(LSNet(**SMALL, **options))
+    scripted = torch.jit.script(model)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    for size in [(224, 224), (96, 130)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            want = model(x)
+            # SKA's operator returns a contiguous map where the eager kernel returns a strided view:
+            # the next BatchNorm may round differently in the last bit
+            assert rel_err(scripted(x), want) < 1e-5
+            assert rel_err(loaded(x), want) < 1e-5
+
+
+def test_torchscript_checks_the_input():
+    scripted = torch.jit.script(LSNet(**SMALL).eval())
+    for shape, message in [((1, 3, 63, 64), "at least 64x64 pixels"), ((1, 1, 64, 64), "3-channel"),
+                           ((3, 64, 64), r"4-D batch \(N, C, H, W\), got a tensor of shape \(3, 64, 64\)")]:
+        with pytest.raises(torch.jit.Error, match=message):
+            scripted(torch.randn(*shape))
+
+
+def test_shape_text_is_the_tuple():
+    from lsnet.models.lsnet import _shape_text
+
+    for shape in [(), (5,), (2, 3), (1, 3, 64, 64)]:
+        assert _shape_text(torch.empty(shape)) == str(tuple(shape))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 130)])
+def test_torch_fx_graph_scripts(size):
+    """timm's fx + TorchScript path: the traced graph's leaves (input check, SKA, bias resize) script."""
+    torch.manual_seed(0)
+    model = _with_random_statistics(LSNet(**SMALL, distillation=True))
+    graph = torch.jit.script(_fx_graph(model))
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert rel_err(graph(x), model(x)) < 1e-5

@@ -81,8 +81,8 @@ size is zero-padded and cropped back; DReLu's ``N`` is the number of keys after 
 The classifier (not in the tables) is global average pooling and one ``Linear``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.fx copies the string annotation of
+# ``forward`` into the code it generates, where TorchScript cannot resolve it.
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -117,13 +117,14 @@ def fawa(tokens: torch.Tensor, grid_w: int, window: int = 1) -> torch.Tensor:
     window of ``window`` adjacent columns is summed; the sums are divided by the number of
     tokens in them. Returns ``(..., ceil(grid_w / window), D)``.
     """
-    *lead, n, d = tokens.shape
+    lead = list(tokens.shape[:-2])  # no starred unpacking: TorchScript compiles this
+    n, d = tokens.shape[-2], tokens.shape[-1]
     rows = n // grid_w
-    cols = tokens.reshape(*lead, rows, grid_w, d).sum(-3)  # (..., grid_w, D)
+    cols = tokens.reshape(lead + [rows, grid_w, d]).sum(-3)  # (..., grid_w, D)
     pad = (-grid_w) % window
     if pad:
         cols = F.pad(cols, (0, 0, 0, pad))
-    keys = cols.reshape(*lead, (grid_w + pad) // window, window, d).sum(-2)
+    keys = cols.reshape(lead + [(grid_w + pad) // window, window, d]).sum(-2)
     # tokens per window: rows * window, fewer in a padded last window
     count = torch.full((keys.shape[-2], 1), float(rows * window), dtype=tokens.dtype, device=tokens.device)
     if pad:
@@ -136,11 +137,12 @@ def fold_keys(keys: torch.Tensor, fold: int) -> torch.Tensor:
     (zero-padded to a multiple of ``fold``)."""
     if fold == 1:
         return keys
-    *lead, n, d = keys.shape
+    lead = list(keys.shape[:-2])
+    n, d = keys.shape[-2], keys.shape[-1]
     pad = (-n) % fold
     if pad:
         keys = F.pad(keys, (0, 0, 0, pad))
-    return keys.reshape(*lead, (n + pad) // fold, fold * d)
+    return keys.reshape(lead + [(n + pad) // fold, fold * d])
 
 
 # ----- convolution helpers -----------------------------------------------------------------
@@ -213,17 +215,17 @@ class FWA(nn.Module):
         """Attend ``x`` (B, N, dim); return the output and the key sequence used (for the cache)."""
         if self.with_token:
             q, token = self.qt(x).chunk(2, dim=-1)
-            if cache is None:
-                cache = self.key_sequence(token, grid_w)
+            keys = self.key_sequence(token, grid_w) if cache is None else cache
         else:
             if cache is None:
                 raise ValueError("FWA without a Token projection needs a cached key sequence")
             q = self.qt(x)
-        k, v = self.kv(cache).chunk(2, dim=-1)  # (B, h, n, D) each
+            keys = cache  # a Tensor, where cache is Optional (TorchScript types each name once)
+        k, v = self.kv(keys).chunk(2, dim=-1)  # (B, h, n, D) each
         scores = (self._heads(q) @ k.transpose(-2, -1)) * self.scale
         attn = drelu(scores, self.dp, self.eps) if self.attn_fn == "drelu" else scores.softmax(-1)
         out = (attn @ v).transpose(1, 2).reshape(x.shape)
-        return self.proj(out), cache
+        return self.proj(out), keys
 
 
 class FWALayer(nn.Module):
@@ -318,7 +320,7 @@ class LOLViTBlock(nn.Module):
         d, hp, wp = y.shape[1], (h + ph) // p, (w + pw) // p
         # (B, d, H, W) -> (B * p * p, hp * wp, d): one sequence per position inside the patch
         t = y.reshape(b, d, hp, p, wp, p).permute(0, 3, 5, 2, 4, 1).reshape(b * p * p, hp * wp, d)
-        cache = None
+        cache: Optional[torch.Tensor] = None
         for layer in self.layers:
             t, kv = layer(t, wp, cache)
             if self.cache:
@@ -464,6 +466,8 @@ class LOLViT(StagedModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the five stages: ``(B, 3, H, W) -> (B, C, ceil(H/32), ceil(W/32))``."""
         x = self.stem(x)
+        if torch.jit.is_scripting():  # TorchScript takes no modules as arguments (_run)
+            return self.stages(x)
         for stage in self.stages:
             x = self._run(stage, x)
         return x

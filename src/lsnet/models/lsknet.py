@@ -18,8 +18,8 @@ prefixed ``backbone.``) load strictly. On top of the release: any input size,
 and BatchNorm folding for inference (``fuse()``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.fx copies the string annotation of
+# ``forward`` into the code it generates, where TorchScript cannot resolve it.
 import contextlib
 import math
 from typing import Dict, List, Optional, Sequence, Union
@@ -170,7 +170,11 @@ class LSKNet(StagedModel):
         global_pool: ``'avg'`` or ``''`` (no pooling in ``forward_head``).
         device, dtype: where and in which floating-point type the parameters live (timm's
             ``create_model(..., device=, dtype=)``).
+
+    Scriptable (``torch.jit.script``) and traceable by torch.fx (timm's feature extraction).
     """
+
+    __jit_unused_properties__ = ["stages"]  # a list of module lists: not scriptable
 
     def __init__(
         self,
@@ -289,8 +293,23 @@ class LSKNet(StagedModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The four stages: ``(B, C, H, W) -> (B, C4, ceil(H/32), ceil(W/32))``, normalised."""
+        if torch.jit.is_scripting():
+            return self._forward_stages_scripted(x)
         for i in range(self.num_stages):
             x = self._run_stage(i, x)
+        return x
+
+    def _forward_stages_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features`` as TorchScript compiles it: it reads no attribute by a computed
+        name (``_stage_modules``), so walk the children instead, which are registered in stage
+        order (``patch_embed1``, ``block1``, ``norm1``, ``patch_embed2``, ..., then ``head``).
+        Told apart by name: TorchScript's ``isinstance`` on unrolled children is unreliable."""
+        for name, child in self.named_children():
+            if name.startswith("patch_embed") or name.startswith("block"):
+                x = child(x)
+            elif name.startswith("norm"):  # _channel_layer_norm (TorchScript takes no module arguments)
+                b, c, h, w = x.shape
+                x = child(x.flatten(2).transpose(1, 2)).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -167,7 +167,8 @@ class LKP(nn.Module):
         if not self.dynamic:
             return w
         n, _, h, wd = w.shape
-        return w.view(n, self.kernel_groups, self.small_kernel ** 2, h, wd)
+        k = self.small_kernel  # k * k: ``k ** 2`` is a float under TorchScript
+        return w.view(n, self.kernel_groups, k * k, h, wd)
 
 
 register_notrace_module(SKA)  # shape checks and device dispatch: a leaf for torch.fx
@@ -184,6 +185,8 @@ class LSConv(nn.Module):
     small-kernel convolution. ``shortcut=False`` drops the ``+ x`` (for token mixers that
     already sit in a residual branch).
     """
+
+    __constants__ = ["dynamic"]  # TorchScript compiles only the branch of the submodules that exist
 
     def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8,
                  use_large_kernel: bool = True, dynamic: bool = True, shortcut: bool = True):
@@ -330,21 +333,30 @@ def _stage_resolutions(img_size: int, patch_size: int = 8, num_stages: int = 4) 
     return res
 
 
-@register_notrace_function  # branches on the input's shape: a leaf for torch.fx
-def check_lsnet_input(x: torch.Tensor, in_chans: int) -> None:
-    """Raise ``ValueError`` for an input LSNet cannot take (wrong rank, channels, too small)."""
+def _shape_text(x: torch.Tensor) -> str:
+    """``str(tuple(x.shape))``, written so that TorchScript compiles it."""
+    dims = [str(d) for d in x.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+@register_notrace_function  # branches on the input's shape: a leaf for torch.fx (scriptable: TorchScript runs it)
+def check_lsnet_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
+    """Raise ``ValueError`` for an input LSNet cannot take (wrong rank, channels, smaller than
+    ``min_size``; an argument because TorchScript reads no global ints)."""
     if x.dim() != 4:
-        raise ValueError(f"LSNet expects a 4-D batch (N, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        raise ValueError(f"LSNet expects a 4-D batch (N, C, H, W), got a tensor of shape {_shape_text(x)}")
     if x.shape[1] != in_chans:
         raise ValueError(f"LSNet was built for {in_chans}-channel input (in_chans), "
-                         f"got {x.shape[1]} channels in an input of shape {tuple(x.shape)}")
-    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
-        raise ValueError(f"LSNet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
+                         f"got {x.shape[1]} channels in an input of shape {_shape_text(x)}")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"LSNet needs inputs of at least {min_size}x{min_size} pixels "
                          f"(it downsamples 64x), got {x.shape[2]}x{x.shape[3]}")
 
 
 class LSNet(StagedModel):
     """LSNet backbone and classifier.
+
+    Scriptable (``torch.jit.script``) and traceable by torch.fx (timm's feature extraction).
 
     Args:
         img_size: training resolution; sets the attention bias grid (224 -> 4 x 4). Other
@@ -371,6 +383,9 @@ class LSNet(StagedModel):
         device, dtype: where and in which floating-point type the parameters live (timm's
             ``create_model(..., device=, dtype=)``).
     """
+
+    __constants__ = ["distillation"]  # TorchScript: ``head_dist`` exists only with distillation
+    __jit_unused_properties__ = ["stages"]  # a list of modules: not scriptable
 
     def __init__(
         self,
@@ -534,6 +549,8 @@ class LSNet(StagedModel):
     def forward_features(self, x):
         self.check_input(x)
         x = self.patch_embed(x)
+        if torch.jit.is_scripting():  # TorchScript takes no modules as arguments (_run_stage)
+            return self.blocks4(self.blocks3(self.blocks2(self.blocks1(x))))
         for stage in self.stages:
             x = self._run_stage(stage, x)
         return x
