@@ -24,7 +24,11 @@ x once from memory (the neighbouring taps hit the cache) and each y byte written
   writer: deterministic, no atomics); grad_x[p] = sum_t grad_y[p - d_t] * w[t, p - d_t], a
   gather, so grad_x too has one writer per element.
 
-Launch settings come from the shape class (layout, C, Cw, H*W) and are cached per shape.
+Launch settings: a tile of about 1024 elements (forward; 512 backward) shaped by the layout and
+(C, Cw, H*W), cached per shape. On CUDA the first eager call of each shape class also times
+two other tile sizes (2x and 0.5x) and keeps the fastest (``LSNET_SKA_TUNE=0`` turns this off;
+it is skipped while a CUDA graph is captured and under torch.compile tracing, which use the
+measured choice when there is one and the default otherwise).
 Sums are accumulated in float32 (float64 for float64 inputs) and stored in the input dtype.
 The sample offset is computed in int64 (N*C*H*W may exceed 2**31; one sample may not).
 
@@ -43,6 +47,7 @@ Triton interpreter and the launchers also accept CPU tensors (used by the tests)
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -182,13 +187,21 @@ def _ska_bwd_kernel(gy_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, CW, G, H, W, P,
 # kernel object (not the current environment) says whether CPU tensors can be launched.
 _INTERPRETED = not isinstance(_ska_fwd_kernel, triton.runtime.jit.JITFunction)
 
-_TILE_FWD = 2048  # elements per program tile: forward holds acc + one x tile
-_TILE_BWD = 1024  # backward holds grad_y, the grad_x accumulator and two loaded tiles
+# Elements per program tile. The forward holds the accumulator and one loaded x tile, the
+# backward grad_y, the grad_x accumulator and two loaded tiles, so it gets half. Compiled for
+# sm_90 (tests/test_ska_triton.py), fp32 NCHW: the 2048-element forward tile takes 185 registers
+# per thread, 1024 about half; no spills. Which is fastest on a GPU is measured on the first
+# call of each shape class (see _tuned_target) unless LSNET_SKA_TUNE=0.
+_TILE_CANDIDATES = {False: (1024, 2048, 512), True: (512, 1024, 256)}  # the first is the default
 _CONFIGS: dict = {}
+_TUNED: dict = {}  # (backward, channels_last, n, c, cw, hw, dtype[, affine]) -> chosen tile size
+_TUNE = os.environ.get("LSNET_SKA_TUNE", "1") != "0"
 
 
-def launch_config(backward: bool, channels_last: bool, n: int, c: int, cw: int, hw: int):
-    """(grid, BR, BG, BP, num_warps) for one shape, cached.
+def launch_config(backward: bool, channels_last: bool, n: int, c: int, cw: int, hw: int,
+                  target: Optional[int] = None):
+    """(grid, BR, BG, BP, num_warps) for one shape and a tile of about ``target`` elements
+    (default: the first candidate), cached.
 
     The tile always holds all G = C / Cw channels of its kernels (grad_w sums over them in
     registers). NCHW: positions are the contiguous axis, so BP grows first (up to the image)
@@ -196,11 +209,12 @@ def launch_config(backward: bool, channels_last: bool, n: int, c: int, cw: int, 
     (c = g * Cw + r), so BR grows first (all Cw kernels make every position's C channels one
     contiguous run) and BP takes the rest.
     """
-    key = (backward, channels_last, n, c, cw, hw)
+    if target is None:
+        target = _TILE_CANDIDATES[backward][0]
+    key = (backward, channels_last, n, c, cw, hw, target)
     hit = _CONFIGS.get(key)
     if hit is not None:
         return hit
-    target = _TILE_BWD if backward else _TILE_FWD
     bg = triton.next_power_of_2(c // cw)
     cw_pow2 = triton.next_power_of_2(cw)
     if channels_last:
@@ -216,6 +230,37 @@ def launch_config(backward: bool, channels_last: bool, n: int, c: int, cw: int, 
         _CONFIGS.clear()
     _CONFIGS[key] = out = (grid, br, bg, bp, num_warps)
     return out
+
+
+def _tuning_enabled(t: torch.Tensor) -> bool:
+    """Measure tile sizes for ``t``'s shape now? Only eagerly on CUDA, never while a CUDA graph
+    is being captured (the measurement synchronises the device)."""
+    return _TUNE and t.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+def _time_ms(launch) -> float:
+    """Median ms of ``launch()`` over a few runs after one warm-up (which compiles), CUDA events."""
+    launch()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        end.record()
+        times.append((start, end))
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in times)[len(times) // 2]
+
+
+def _tuned_target(key, launch) -> Optional[int]:
+    """The tile size for this shape class: measured once (``launch(target)`` runs the kernel with
+    that tile; every kernel overwrites its outputs, so the trial runs leave no trace), else None
+    (the default candidate)."""
+    hit = _TUNED.get(key)
+    if hit is None:
+        timings = {target: _time_ms(lambda target=target: launch(target)) for target in _TILE_CANDIDATES[key[0]]}
+        _TUNED[key] = hit = min(timings, key=timings.get)
+    return hit
 
 
 def _flat_stride(t: torch.Tensor) -> Optional[int]:
@@ -287,12 +332,20 @@ def _forward(x: torch.Tensor, w: torch.Tensor, k: int, scale: Optional[torch.Ten
         yk = _new_like(xk)
         ysp = _flat_stride(yk)
     channels_last = xk.stride(1) == 1 and c > 1
-    grid, br, bg, bp, warps = launch_config(False, channels_last, n, c, cw, hw)
     affine = scale is not None
-    kernel[grid](xk, wk, yk, scale if affine else xk, shift if affine else xk, cw, c // cw, h, wd, hw,
-                 xk.stride(0), xk.stride(1), xsp, wk.stride(0), wk.stride(1), wk.stride(2), wsp,
-                 yk.stride(0), yk.stride(1), ysp,
-                 K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), AFFINE=affine, num_warps=warps)
+
+    def launch(target=None):
+        grid, br, bg, bp, warps = launch_config(False, channels_last, n, c, cw, hw, target)
+        kernel[grid](xk, wk, yk, scale if affine else xk, shift if affine else xk, cw, c // cw, h, wd, hw,
+                     xk.stride(0), xk.stride(1), xsp, wk.stride(0), wk.stride(1), wk.stride(2), wsp,
+                     yk.stride(0), yk.stride(1), ysp,
+                     K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), AFFINE=affine, num_warps=warps)
+
+    key = (False, channels_last, n, c, cw, hw, x.dtype, affine)
+    target = _TUNED.get(key)
+    if target is None and kernel is _ska_fwd_kernel and _tuning_enabled(x):
+        target = _tuned_target(key, launch)
+    launch(target)
     if yk is not y:
         y.copy_(yk)
     return y
@@ -325,13 +378,21 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, k: int, need_x
         gwk = _new_like(wk)
         gwsp = _flat_stride(gwk)
     channels_last = xk.stride(1) == 1 and c > 1
-    grid, br, bg, bp, warps = launch_config(True, channels_last, n, c, cw, hw)
-    kernel[grid](gyk, xk, wk, gxk, gwk, cw, c // cw, h, wd, hw,
-                 gyk.stride(0), gyk.stride(1), gsp, xk.stride(0), xk.stride(1), xsp,
-                 wk.stride(0), wk.stride(1), wk.stride(2), wsp,
-                 gxk.stride(0), gxk.stride(1), gxsp, gwk.stride(0), gwk.stride(1), gwk.stride(2), gwsp,
-                 K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), NEED_X=need_x, NEED_W=need_w,
-                 num_warps=warps)
+
+    def launch(target=None):
+        grid, br, bg, bp, warps = launch_config(True, channels_last, n, c, cw, hw, target)
+        kernel[grid](gyk, xk, wk, gxk, gwk, cw, c // cw, h, wd, hw,
+                     gyk.stride(0), gyk.stride(1), gsp, xk.stride(0), xk.stride(1), xsp,
+                     wk.stride(0), wk.stride(1), wk.stride(2), wsp,
+                     gxk.stride(0), gxk.stride(1), gxsp, gwk.stride(0), gwk.stride(1), gwk.stride(2), gwsp,
+                     K=k, BR=br, BG=bg, BP=bp, ACC=_acc_dtype(x.dtype), NEED_X=need_x, NEED_W=need_w,
+                     num_warps=warps)
+
+    key = (True, channels_last, n, c, cw, hw, x.dtype)
+    target = _TUNED.get(key)
+    if target is None and kernel is _ska_bwd_kernel and _tuning_enabled(x):
+        target = _tuned_target(key, launch)
+    launch(target)
     if need_x and gxk is not gx:
         gx.copy_(gxk)
     if need_w and gwk is not gw:
