@@ -9,17 +9,19 @@ what timm's ViTs call on the CPU); it gets the counter's own formula for the oth
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models import fuse
 from ..ops.ska import SKA
 
-__all__ = ["count_macs", "profile_model", "ModelProfile"]
+__all__ = ["count_macs", "count_aten_ops", "profile_model", "ModelProfile"]
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -61,6 +63,31 @@ def count_macs(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224, in
         model.train(was_training)
     # the counter reports FLOPs = 2 x MACs for every op it knows
     return counter.get_total_flops() // 2 + ska_macs, ska_macs
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators that reach the dispatcher's backends (what a GPU would launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def count_aten_ops(model: nn.Module, x: torch.Tensor, warmup: int = 1) -> Counter:
+    """Operators one forward of ``model`` on ``x`` dispatches, by name (``aten.convolution``,
+    ``lsnet.ska``, ...), after ``warmup`` calls (first calls may build caches). Each is one
+    kernel launch on a GPU (views excepted), so the total measures the host's work per call.
+    A custom operator counts once, whatever it does inside."""
+    for _ in range(warmup):
+        model(x)
+    with _OpCounter() as counter:
+        model(x)
+    return counter.counts
 
 
 @dataclass

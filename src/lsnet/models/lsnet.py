@@ -24,7 +24,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from ..ops.ska import SKA
+from ..ops.ska import SKA, _tracing
+from ..ops.ska_fused import ska_affine_residual
 from .fuse import fuse_bn_into_conv, fuse_bn_into_linear, fuse_modules
 from .stages import StagedModel, stage_intermediates
 
@@ -211,6 +212,45 @@ class LSConv(nn.Module):
             y = self.bn(self.static_dw(self.lkp(x)))
         return y + x if self.shortcut else y
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The inference form: :class:`FusedLSConv` (SKA, BatchNorm and residual in one operator)
+        for the release's LS convolution; the ablation variants keep their modules, BNs folded."""
+        if self.dynamic and self.shortcut:
+            return FusedLSConv(self.lkp, self.bn)
+        fuse_modules(self)
+        return self
+
+
+class FusedLSConv(nn.Module):
+    """Eval-mode LS convolution, made by :meth:`LSConv.fuse`: LKP (its BatchNorms folded by
+    :func:`lsnet.fuse`), then ``torch.ops.lsnet.ska_bn_residual``, which computes SKA, the
+    BatchNorm after it and the residual add in one pass (one Triton kernel on a GPU).
+
+    The operator checks nothing per call; the first call goes through the checked
+    :func:`lsnet.ops.ska_affine_residual` instead, and so do traces for export and compile.
+    Inference only (no gradient flows through the fused operator).
+    """
+
+    def __init__(self, lkp: nn.Module, bn: nn.BatchNorm2d):
+        super().__init__()
+        from ..ops import bn_scale_shift
+
+        self.lkp = lkp
+        scale, shift = bn_scale_shift(bn)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.checked = False
+
+    def forward(self, x):
+        w = self.lkp(x)
+        if torch.jit.is_scripting():
+            return torch.ops.lsnet.ska_bn_residual(x, w.to(x.dtype), self.scale, self.shift)
+        if self.checked and not _tracing():
+            return torch.ops.lsnet.ska_bn_residual(x, w.to(x.dtype), self.scale, self.shift)
+        self.checked = not _tracing()
+        return ska_affine_residual(x, w.to(x.dtype), self.scale, self.shift)
+
 
 def attention_bias_index(height: int, width: int, table_width: Optional[int] = None) -> torch.Tensor:
     """Index into the bias table for every pair of points of an ``height`` x ``width`` grid.
@@ -277,6 +317,64 @@ class Attention(nn.Module):
         attn = (q.transpose(-2, -1) @ k) * self.scale + self.attention_bias(h, w)
         attn = attn.softmax(dim=-1)
         x = (v @ attn.transpose(-2, -1)).reshape(b, -1, h, w)
+        return self.proj(x)
+
+    @torch.no_grad()
+    def fuse(self) -> "FusedAttention":
+        """The inference form (:class:`FusedAttention`)."""
+        return FusedAttention(self)
+
+
+class FusedAttention(nn.Module):
+    """Eval-mode :class:`Attention` with fewer operators per call, made by :meth:`Attention.fuse`.
+
+    The same function (up to float rounding): the convolutions' BatchNorms folded, the
+    ``key_dim ** -0.5`` scale folded into the query's depth-wise convolution, the bias table
+    gathered once per grid size (at fuse time for the training grid) instead of indexed per
+    call, and the two products as batched matrix products over (batch x heads) on 3-D views
+    instead of 4-D ``@`` (which adds expand/view operators around each product).
+    """
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.num_heads, self.key_dim, self.d = attn.num_heads, attn.key_dim, attn.d
+        self.nh_kd, self.dh, self.resolution = attn.nh_kd, attn.dh, attn.resolution
+        self.qkv = attn.qkv.fuse()
+        dw = attn.dw.fuse()
+        dw.weight.copy_(dw.weight.double() * attn.scale)
+        dw.bias.copy_(dw.bias.double() * attn.scale)
+        self.dw = dw
+        self.proj = nn.Sequential(nn.ReLU(inplace=True), attn.proj[1].fuse())
+        self.attention_biases = attn.attention_biases  # kept for grids other than the training one
+        self.attention_bias_idxs = attn.attention_bias_idxs
+        r = attn.resolution
+        self.register_buffer("bias", attn.attention_bias(r, r).detach().clone(), persistent=False)
+        self._other_grids = {}  # (H, W) -> bias; not buffers: they follow from attention_biases
+
+    def grid_bias(self, height: int, width: int) -> torch.Tensor:
+        """The (heads, H*W, H*W) bias, computed once per grid size."""
+        if height == self.resolution and width == self.resolution:
+            return self.bias
+        if _tracing():  # export and compile see the computation, not a cache
+            return attention_bias_table(self.attention_biases, self.attention_bias_idxs, self.resolution, height,
+                                        width)
+        key = (height, width)
+        cached = self._other_grids.get(key)
+        if cached is None or cached.device != self.bias.device or cached.dtype != self.bias.dtype:
+            cached = attention_bias_table(self.attention_biases, self.attention_bias_idxs, self.resolution,
+                                          height, width).detach()
+            self._other_grids[key] = cached
+        return cached
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        n = h * w
+        bh = b * self.num_heads
+        q, k, v = self.qkv(x).split([self.nh_kd, self.nh_kd, self.dh], dim=1)
+        q = self.dw(q).reshape(bh, self.key_dim, n).transpose(1, 2)  # already scaled
+        attn = torch.bmm(q, k.reshape(bh, self.key_dim, n)).view(b, self.num_heads, n, n) + self.grid_bias(h, w)
+        attn = attn.softmax(dim=-1).view(bh, n, n).transpose(1, 2)
+        x = torch.bmm(v.reshape(bh, self.d, n), attn).view(b, self.dh, h, w)
         return self.proj(x)
 
 
