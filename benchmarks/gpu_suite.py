@@ -69,6 +69,8 @@ import torch.nn.functional as F  # noqa: E402
 import lsnet  # noqa: E402,F401  (registers the lsnet_* models with timm)
 from lsnet.ops import ska, ska_affine_residual, ska_functional, ska_reference, ska_shift  # noqa: E402
 from lsnet.ops.backends import backend_for  # noqa: E402
+from lsnet.deploy.cuda_graph import CUDAGraphModel  # noqa: E402
+from lsnet.deploy.profile import count_aten_ops  # noqa: E402
 
 SECTIONS = ["correctness", "bandwidth", "ska", "throughput", "latency", "train"]
 
@@ -599,20 +601,6 @@ def _timm_version() -> str:
 
 # ------------------------------------------------------------------------------ 5. batch-1 latency
 
-def _cuda_graph_runner(model, x: torch.Tensor):
-    """Capture the forward of ``model`` on the static input ``x``; returns (replay, static output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):  # warm-up outside the graph: Triton compiles, cuDNN picks its algorithms
-            model(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        out = model(x)
-    return graph.replay, out
-
-
 def section_latency(suite: Suite) -> dict:
     rows, notes = [], []
     if not suite.cuda:
@@ -622,7 +610,7 @@ def section_latency(suite: Suite) -> dict:
         if not _available(name):
             notes.append(f"{name}: not in this timm ({_timm_version()}), skipped")
             continue
-        row = dict(model=name, batch=1, eager_ms=None, graph_ms=None, graph_diff=None)
+        row = dict(model=name, batch=1, ops=None, eager_ms=None, graph_ms=None, graph_diff=None)
         try:
             model = _create(name, suite, fused=True)
             x = _images(suite, 1)
@@ -633,12 +621,19 @@ def section_latency(suite: Suite) -> dict:
 
             row["eager_ms"] = suite.median_ms(eager, warmup=max(suite.args.warmup, 1 if suite.dry else 10),
                                               repeats=repeats)
+            row["ops"] = sum(count_aten_ops(model, x, warmup=0).values())
             if suite.cuda:
-                replay, out = _cuda_graph_runner(model, x)
+                graphed = CUDAGraphModel(model)  # the deployment helper: capture on the first call
+
+                def replay(graphed=graphed, x=x):
+                    with torch.inference_mode():
+                        return graphed(x)
+
+                out = replay()
                 row["graph_ms"] = suite.median_ms(replay, repeats=repeats)
                 with torch.no_grad():
                     want = model(x)
-                replay()
+                out = replay()
                 suite.sync()
                 row["graph_diff"] = (out.float() - want.float()).abs().max().item()
                 if not row["graph_diff"] <= 1e-3 * max(1.0, want.abs().max().item()):
@@ -648,9 +643,10 @@ def section_latency(suite: Suite) -> dict:
             suite.fail(f"latency {name}: {error_text(exc)}")
         rows.append(row)
         suite.empty_cache()
-    notes.append("fused, float32, NCHW, no_grad; graph = torch.cuda.CUDAGraph capture of the forward, replayed; "
-                 "graph diff = max |graph output - eager output|")
-    columns = [("model", "model", None), ("batch", "batch", 0), ("eager ms", "eager_ms", 3),
+    notes.append("fused, float32, NCHW, no_grad; ops = operators one forward dispatches (lsnet.deploy.profile."
+                 "count_aten_ops; the release's LSNet-T: 334); graph = lsnet.deploy.CUDAGraphModel (captured once, "
+                 "replayed); graph diff = max |graph output - eager output|")
+    columns = [("model", "model", None), ("batch", "batch", 0), ("ops", "ops", 0), ("eager ms", "eager_ms", 3),
                ("CUDA graph ms", "graph_ms", 3), ("graph diff", "graph_diff", 2), ("error", "error", None)]
     return dict(title="5. Batch-1 latency (median ms)", columns=columns, rows=rows, notes=notes)
 

@@ -21,7 +21,7 @@ EXPECTED = {
     "ska": ("## 3. SKA kernels", "| implementation | shape | N x C x H x W | dtype | x layout | fwd ms | fwd+bwd ms |",
             "fwd_ms"),
     "throughput": ("## 4. Model throughput", "| model | mode | batch | median ms | img/s |", "img_s"),
-    "latency": ("## 5. Batch-1 latency", "| model | batch | eager ms | CUDA graph ms |", "eager_ms"),
+    "latency": ("## 5. Batch-1 latency", "| model | batch | ops | eager ms | CUDA graph ms |", "eager_ms"),
     "train": ("## 6. Training step", "| model | mode | batch | ms / step | img/s | peak GiB |", "ms"),
 }
 
