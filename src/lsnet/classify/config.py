@@ -99,7 +99,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(epochs=15, batch_size=128, lr_base=8e-3, warmup_epochs=1, weight_decay=0.05, min_lr=1e-5,
                   img_size=64, crop_pct=1.0, aa="rand-m6-mstd0.5-inc1", color_jitter=0.0, reprob=0.0, hflip=0.0,
                   scale=(0.7, 1.0), mixup=0.0, cutmix=0.0, smoothing=0.1, repeated_aug=False, model_ema=False,
-                  clip_grad=0.02, workers=0, channels_last=True),
+                  clip_grad=0.02, channels_last=True),
 }
 
 

@@ -126,7 +126,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("-j", "--workers", type=int, help="data-loading processes")
+    p.add_argument("-j", "--workers", type=int, help="data-loading processes; auto follows the device and the host's cores")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="PyTorch's deterministic algorithms where it has them (slower)")

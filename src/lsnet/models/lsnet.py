@@ -238,8 +238,10 @@ class FusedLSConv(nn.Module):
 
         self.lkp = lkp
         scale, shift = bn_scale_shift(bn)
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
+        # parameters (frozen) rather than buffers: they are the folded BatchNorm's weights, and
+        # counted as the deployed model's parameters like every other folded weight
+        self.scale = nn.Parameter(scale, requires_grad=False)
+        self.shift = nn.Parameter(shift, requires_grad=False)
         self.checked = False
 
     def forward(self, x):
