@@ -107,3 +107,12 @@ def test_fused_model_compiles_without_graph_breaks():
     fused = lsnet.fuse(_model())
     explanation = torch._dynamo.explain(fused)(torch.randn(1, 3, 64, 64))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_fused_model_scripts():
+    model = _model()
+    scripted = torch.jit.script(lsnet.fuse(model))
+    with torch.no_grad():
+        for size in (224, 160):  # the training grid and another one
+            x = torch.randn(1, 3, size, size)
+            assert _rel(scripted(x), model(x)) < 1e-5

@@ -353,6 +353,7 @@ class FusedAttention(nn.Module):
         self.register_buffer("bias", attn.attention_bias(r, r).detach().clone(), persistent=False)
         self._other_grids = {}  # (H, W) -> bias; not buffers: they follow from attention_biases
 
+    @torch.jit.unused
     def grid_bias(self, height: int, width: int) -> torch.Tensor:
         """The (heads, H*W, H*W) bias, computed once per grid size."""
         if height == self.resolution and width == self.resolution:
@@ -374,7 +375,12 @@ class FusedAttention(nn.Module):
         bh = b * self.num_heads
         q, k, v = self.qkv(x).split([self.nh_kd, self.nh_kd, self.dh], dim=1)
         q = self.dw(q).reshape(bh, self.key_dim, n).transpose(1, 2)  # already scaled
-        attn = torch.bmm(q, k.reshape(bh, self.key_dim, n)).view(b, self.num_heads, n, n) + self.grid_bias(h, w)
+        if torch.jit.is_scripting():  # TorchScript: no cache for other grids
+            bias = self.bias if h == self.resolution and w == self.resolution else attention_bias_table(
+                self.attention_biases, self.attention_bias_idxs, self.resolution, h, w)
+        else:
+            bias = self.grid_bias(h, w)
+        attn = torch.bmm(q, k.reshape(bh, self.key_dim, n)).view(b, self.num_heads, n, n) + bias
         attn = attn.softmax(dim=-1).view(bh, n, n).transpose(1, 2)
         x = torch.bmm(v.reshape(bh, self.d, n), attn).view(b, self.dh, h, w)
         return self.proj(x)
