@@ -99,6 +99,7 @@ def main() -> None:
     device = resolve_device(cfg.device, info)
     auto = default_workers(device, info)
     settings = [auto if w.strip() == "auto" else int(w) for w in args.workers.split(",")]
+    cfg.workers = settings[0]
     with tempfile.TemporaryDirectory() as tmp:
         task = ClassificationTask(cfg)
         run = Run(cfg=cfg, info=info, device=device, out=Path(tmp))

@@ -227,7 +227,7 @@ def _val_loader(dataset, cfg: TrainConfig, info: DistInfo):
     from ..data import collate_readable
 
     val_set = Subset(dataset, split_for_rank(len(dataset), info)) if info.enabled else dataset
-    return DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.workers,
+    return DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.workers or 0,
                       pin_memory=torch.cuda.is_available(), collate_fn=collate_readable)
 
 

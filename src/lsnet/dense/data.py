@@ -76,5 +76,5 @@ def eval_loader(dataset, cfg: DenseConfig, info: DistInfo = DistInfo()) -> torch
     from .datasets import collate_detection
 
     subset = Subset(dataset, split_for_rank(len(dataset), info)) if info.enabled else dataset
-    return DataLoader(subset, batch_size=1, shuffle=False, num_workers=cfg.workers,
+    return DataLoader(subset, batch_size=1, shuffle=False, num_workers=cfg.workers or 0,
                       collate_fn=collate_detection if cfg.task == "detect" else None)

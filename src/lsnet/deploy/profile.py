@@ -77,7 +77,7 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # the deployment setting (no_grad dispatches a few more)
 def count_aten_ops(model: nn.Module, x: torch.Tensor, warmup: int = 1) -> Counter:
     """Operators one forward of ``model`` on ``x`` dispatches, by name (``aten.convolution``,
     ``lsnet.ska``, ...), after ``warmup`` calls (first calls may build caches). Each is one
