@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["add_run_arguments", "check_predict_output", "float_list", "int_list", "DeprecatedAlias",
-           "note_deprecated", "warn_deprecated", "show_preset_defaults", "format_default", "fetch_pretrained"]
+           "note_deprecated", "warn_deprecated", "show_preset_defaults", "format_default", "fetch_pretrained",
+           "pretrained_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,18 @@ def show_preset_defaults(parser: argparse.ArgumentParser, columns: Sequence[Colu
 
 
 # ----- published weights ----------------------------------------------------------------------
+
+def pretrained_backbone(over: Dict[str, Any], default_backbone: str) -> None:
+    """``--pretrained`` of the detection commands: the backbone's published weights become
+    ``backbone_checkpoint`` in the overrides ``over``; refused beside ``--resume`` or an explicit file."""
+    from ..errors import ConfigError
+
+    if over.get("resume"):
+        raise ConfigError("--pretrained starts a new run; --resume continues from its checkpoint's weights")
+    if over.get("backbone_checkpoint"):
+        raise ConfigError("--pretrained and --backbone-checkpoint both give the backbone's weights; use one")
+    over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or default_backbone)
+
 
 def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
     """The local file of the weights timm publishes for ``model`` (what ``pretrained=True``

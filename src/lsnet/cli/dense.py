@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .args import Column, add_run_arguments, check_predict_output, fetch_pretrained, float_list, int_list, \
+from .args import Column, add_run_arguments, check_predict_output, pretrained_backbone, float_list, int_list, \
     show_preset_defaults
 
 
@@ -182,17 +182,12 @@ def run_train(args: argparse.Namespace) -> int:
     """Resolve the configuration and train (or print it)."""
     from ..dense.config import DenseConfig, resolve_dense_config
     from ..dense.task import train_dense
-    from ..errors import ConfigError
 
     over = _overrides(args)
     if not over.get("resume"):  # a resumed run keeps its folder
         over.setdefault("output", f"output/{args.task}")
     if args.pretrained:
-        if over.get("resume"):
-            raise ConfigError("--pretrained starts a new run; --resume continues from its checkpoint's weights")
-        if over.get("backbone_checkpoint"):
-            raise ConfigError("--pretrained and --backbone-checkpoint both give the backbone's weights; use one")
-        over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or DenseConfig.backbone)
+        pretrained_backbone(over, DenseConfig.backbone)
     cfg = resolve_dense_config(args.task, over)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .args import Column, add_run_arguments, check_predict_output, fetch_pretrained, float_list, show_preset_defaults
+from .args import Column, add_run_arguments, check_predict_output, pretrained_backbone, float_list, show_preset_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -164,17 +164,12 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Resolve the configuration and train (or print it)."""
-    from ..errors import ConfigError
     from ..rotated.config import RotatedConfig, resolve_rotated_config
     from ..rotated.task import train_rotated
 
     over = _overrides(args)
     if args.pretrained:
-        if over.get("resume"):
-            raise ConfigError("--pretrained starts a new run; --resume continues from its checkpoint's weights")
-        if over.get("backbone_checkpoint"):
-            raise ConfigError("--pretrained and --backbone-checkpoint both give the backbone's weights; use one")
-        over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or RotatedConfig.backbone)
+        pretrained_backbone(over, RotatedConfig.backbone)
     cfg = resolve_rotated_config(over)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
