@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import lsnet
 from lsnet.models.lolvit import FWA, LOLViTBlock, drelu, fawa, fold_keys
+from fx_tracing import timm_fx_graph
 
 # Tables 16-17: Conv, GhostNetBlock x4, LOLViTBlock, GhostNetBlock, LOLViTBlock, GhostNetBlock, LOLViTBlock
 TABLES = {
@@ -214,18 +215,6 @@ def test_onnx_matches(tmp_path):
 
 # ----- TorchScript and torch.fx ----------------------------------------------------------------
 
-def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
-    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
-    from timm.layers import get_notrace_functions, get_notrace_modules
-    from torch.fx import GraphModule, Tracer
-
-    leaves = tuple(get_notrace_modules())
-
-    class TimmTracer(Tracer):
-        def is_leaf_module(self, m, name):
-            return isinstance(m, leaves) or super().is_leaf_module(m, name)
-
-    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
 
 
 def test_torchscript_and_fx_match_eager():
@@ -234,7 +223,7 @@ def test_torchscript_and_fx_match_eager():
     torch.manual_seed(0)
     model = timm.create_model("lolvit_s", num_classes=5).eval()
     scripted = torch.jit.script(model)
-    graph = torch.jit.script(_fx_graph(model))
+    graph = torch.jit.script(timm_fx_graph(model))
     x = torch.randn(2, 3, 97, 130)
     with torch.no_grad():
         want = model(x)

@@ -10,6 +10,7 @@ import torch
 
 import lsnet
 from conftest import load_fixture, rel_err, shared_file
+from fx_tracing import timm_fx_graph
 from lsnet import CheckpointError, load_checkpoint
 from lsnet.models.lsknet import LSKNet
 
@@ -220,18 +221,6 @@ def test_torch_fx_trace():
 
 
 
-def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
-    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
-    from timm.layers import get_notrace_functions, get_notrace_modules
-    from torch.fx import GraphModule, Tracer
-
-    leaves = tuple(get_notrace_modules())
-
-    class TimmTracer(Tracer):
-        def is_leaf_module(self, m, name):
-            return isinstance(m, leaves) or super().is_leaf_module(m, name)
-
-    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
 
 
 def test_torchscript_and_fx_match_eager():
@@ -242,7 +231,7 @@ def test_torchscript_and_fx_match_eager():
         bn.running_mean.normal_(0, 0.1)
         bn.running_var.uniform_(0.5, 1.5)
     scripted = torch.jit.script(model)
-    graph = torch.jit.script(_fx_graph(model))
+    graph = torch.jit.script(timm_fx_graph(model))
     x = torch.randn(2, 3, 65, 97)
     with torch.no_grad():
         want = model(x)

@@ -10,6 +10,7 @@ import torch
 
 import lsnet
 from conftest import load_fixture, rel_err, shared_file
+from fx_tracing import timm_fx_graph
 from lsnet.models.lsnet import LSNet, _release_bias_index, attention_bias_index
 
 PARAMS = {"lsnet_t": 11_409_832, "lsnet_s": 16_146_304, "lsnet_b": 23_313_608}
@@ -304,18 +305,6 @@ def _with_random_statistics(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def _fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
-    """``model`` traced by torch.fx as timm's feature extraction does (its leaves and wrapped functions)."""
-    from timm.layers import get_notrace_functions, get_notrace_modules
-    from torch.fx import GraphModule, Tracer
-
-    leaves = tuple(get_notrace_modules())
-
-    class TimmTracer(Tracer):
-        def is_leaf_module(self, m, name):
-            return isinstance(m, leaves) or super().is_leaf_module(m, name)
-
-    return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
 
 
 @pytest.mark.parametrize("options", [dict(distillation=True),
@@ -361,7 +350,7 @@ def test_torch_fx_graph_scripts(size):
     """timm's fx + TorchScript path: the traced graph's leaves (input check, SKA, bias resize) script."""
     torch.manual_seed(0)
     model = _with_random_statistics(LSNet(**SMALL, distillation=True))
-    graph = torch.jit.script(_fx_graph(model))
+    graph = torch.jit.script(timm_fx_graph(model))
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         assert rel_err(graph(x), model(x)) < 1e-5
