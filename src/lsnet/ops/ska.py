@@ -250,18 +250,23 @@ def _(gy, x, w, need_x, need_w):
             torch.empty_like(w) if need_w else w.new_empty(0))
 
 
-def _ska_op_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def register_ska_autograd(op, backward_op) -> None:
+    """Autograd of an SKA operator ``op(x, w) -> y`` (this module's, or the Triton one) through
+    its backward operator ``backward_op(gy, x, w, need_x, need_w) -> (grad_x, grad_w)``."""
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x, grad_w = backward_op(gy, x, w, need_x, need_w)
+        return (grad_x if need_x else None), (grad_w if need_w else None)
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _ska_op_backward(ctx, gy):
-    x, w = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_x, grad_w = torch.ops.lsnet.ska_backward(gy, x, w, need_x, need_w)
-    return (grad_x if need_x else None), (grad_w if need_w else None)
-
-
-_ska_op.register_autograd(_ska_op_backward, setup_context=_ska_op_setup)
+register_ska_autograd(_ska_op, torch.ops.lsnet.ska_backward)
 
 
 def _compiled_op(x: torch.Tensor):

@@ -63,6 +63,7 @@ except Exception as exc:  # a broken Triton install must look like a missing one
 
 from .backends import SKAKernels, register_ska_backend, register_ska_kernels
 from .checks import check_ska_shapes
+from .ska import register_ska_autograd
 
 __all__ = ["ska_triton", "SKATriton", "ska_triton_forward", "ska_triton_backward", "ska_triton_fused",
            "launch_config"]
@@ -500,16 +501,7 @@ def _register_triton_ops() -> bool:
                                    shift: torch.Tensor) -> torch.Tensor:
         return _forward(x, w, math.isqrt(w.shape[2]), scale, shift, kernel=wrap_triton(_ska_fwd_kernel))
 
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, gy):
-        x, w = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx, gw = torch.ops.lsnet.ska_triton_backward(gy, x, w, need_x, need_w)
-        return (gx if need_x else None), (gw if need_w else None)
-
-    _ska_triton_op.register_autograd(backward, setup_context=setup)
+    register_ska_autograd(_ska_triton_op, torch.ops.lsnet.ska_triton_backward)
 
     if _INTERPRETED:
         # wrap_triton hands back the interpreted kernel, which cannot run on fake tensors: give
