@@ -53,11 +53,18 @@ and the totals, 1,056,669 for S and 1,862,709 for X). How:
   S's last block exceeds X's middle block (both c = 128)
   by exactly 4,096, what a 32-wide fold convolution gains from Fold 2 to Fold 4 (``2 * 32^2 *
   2``) if all else in the two blocks is equal. But following that hint, the c = 96 pair (S's
-  middle block, X's first) differs by 25,760, which nothing Fold-related explains, and no rule
-  for the widths that we tried (d = c, 1.5c, 2c, MobileViT's dims, m = 2d or 4d or MobileViT's
-  2-4-4, 8-dim heads as in common MobileViT code, a local 3x3 or Ghost layer, MobileViT's
-  fusion, with or without biases and norms, 1-4 layers with and without the cache; several
-  thousand structure variants searched) reproduces all six counts. The widths ``(d, m, e)``
+  middle block, X's first) differs by 25,760, which nothing Fold-related explains.
+  ``tools/lolvit_block_search.py`` enumerates 752,640 structural readings of the text (local
+  layer none / 3x3 / depth-wise + 1x1 / Ghost; up-scaling with or without BN; MobileViT's
+  fusion or FeatureFusion with 5x5+7x7 or 3x3+5x5+7x7 branches, on the concatenation or the
+  global map alone, hidden width c/2, c or 2c; a final LayerNorm or not; Query/Token bias;
+  head width d/4, 8 or 16; the K/V convolution shared by the heads, over all heads or one
+  per head, with or without bias; DP per layer or per head; output projection with or without
+  bias or none; MLP ratio 1-4; L 1-1-1, 1-2-3, 2-2-2, 2-4-3 or 3-3-3, with and without the
+  cache). With the Transformer width free per block (16..768, step 8) no reading reproduces
+  more than one of the six counts, and with ``d = c, 1.5c`` or ``2c`` none reproduces any; the closest misses a
+  block by 6.6%. (Earlier sessions' ad-hoc searches, also with MobileViT's dims and MLP
+  ratios, Ghost up-scaling and 1-4 layers, found nothing either.) The widths ``(d, m, e)``
   below are therefore **fitted** per block (solved so that the count is exact, preferring
   m ~ 2d, e ~ c, d ~ 1.5c); they are not the authors' values, which are unknown, and they do
   not follow the 4,096 hint:
