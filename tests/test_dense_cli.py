@@ -255,3 +255,35 @@ def test_predict_help_shows_only_the_options_of_its_task(task, capsys):
         with pytest.raises(SystemExit):
             main(["segment", "predict", "--checkpoint", "x.pth", "--score-threshold", "0.3", "img.png"])
         assert "unrecognized arguments: --score-threshold" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_train_under_bfloat16_autocast(shapes, tmp_path, monkeypatch, task):
+    """``--amp --amp-dtype bfloat16`` (timm's flags, shared with ``lsnet train``) reaches the
+    engine: Mask R-CNN (RoIAlign, masks) and Semantic FPN train and evaluate under autocast."""
+    import math
+
+    import lsnet.engine.loop as loop
+
+    seen = []
+    real = loop.autocast_context
+    monkeypatch.setattr(loop, "autocast_context", lambda device, amp: seen.append(amp) or real(device, amp))
+    out = tmp_path / task
+    common = ["--shapes-dir", str(shapes), "--batch-size", "4", "--output", str(out), "--amp", "--amp-dtype", "bfloat16"]
+    if task == "detect":
+        args = ["detect", "train", "--arch", "maskrcnn", "--epochs", "1", "--train-scales", "96", "--min-size", "96",
+                "--max-size", "128", *common]
+    else:
+        args = ["segment", "train", "--iters", "4", "--crop-size", "64", "--base-size", "64", "--fpn-channels", "32",
+                *common]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["amp"] == "bfloat16"
+    assert seen and set(seen) == {"bfloat16"}
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["train_loss"])
+
+
+def test_no_amp_and_amp_dtype_contradict(tmp_path, capsys):
+    assert main(["detect", "train", "--no-amp", "--amp-dtype", "bfloat16", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--no-amp and --amp-dtype contradict" in err and "Traceback" not in err

@@ -391,6 +391,19 @@ def test_roi_align_borders_batches_and_module():
         roi_align_rotated(feat, torch.tensor([[2, 4.0, 4.0, 2.0, 2.0, 0.0]]), 7)
 
 
+def test_roi_align_under_autocast_keeps_the_feature_dtype():
+    """Under CPU bfloat16 autocast grid_sample runs in float32; the pooled features come back in
+    the features' dtype (as torchvision's roi_align does) and match the float32 result."""
+    gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 4, 9, 10, generator=gen)
+    rois = torch.tensor([[0, 4.0, 4.5, 5.0, 3.0, 0.6], [1, 5.5, 3.0, 4.0, 4.0, -0.9]])
+    want = roi_align_rotated(feat, rois, 3, 1.0, 2, clockwise=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = roi_align_rotated(feat.bfloat16(), rois, 3, 1.0, 2, clockwise=True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
 def test_roi_align_gradcheck():
     gen = torch.Generator().manual_seed(9)
     feat = torch.randn(2, 2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)

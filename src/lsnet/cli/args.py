@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["add_run_arguments", "check_predict_output", "float_list", "int_list", "DeprecatedAlias",
+__all__ = ["AMP_DTYPES", "add_amp_arguments", "amp_overrides", "add_run_arguments", "check_predict_output", "float_list", "int_list", "DeprecatedAlias",
            "note_deprecated", "warn_deprecated", "show_preset_defaults", "format_default", "fetch_pretrained",
            "pretrained_backbone"]
 
@@ -35,9 +35,52 @@ def float_list(text: str) -> Tuple[float, ...]:
     return _numbers(text, float, "numbers")
 
 
+AMP_DTYPES = ("float16", "bfloat16")
+
+
+class _Amp(argparse.Action):
+    """``--amp``: timm's switch (the dtype from ``--amp-dtype``). ``--amp DTYPE``: the older
+    spelling of ``--amp --amp-dtype DTYPE``, still accepted."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        if values is not None:
+            if values not in AMP_DTYPES:
+                parser.error(f"argument --amp: expected no value (the dtype goes to --amp-dtype), got {values!r}")
+            namespace.amp_dtype = values
+            note_deprecated(namespace, f"--amp {values}", f"--amp --amp-dtype {values}")
+
+
+def add_amp_arguments(p: argparse.ArgumentParser) -> None:
+    """timm's ``--amp`` switch with ``--amp-dtype``, and ``--no-amp`` (read by :func:`amp_overrides`)."""
+    p.add_argument("--amp", nargs="?", action=_Amp, dest="amp_on", metavar="DTYPE",
+                   help="mixed precision (autocast) in --amp-dtype. With DTYPE: the older spelling of --amp "
+                        "--amp-dtype DTYPE")
+    p.add_argument("--amp-dtype", choices=AMP_DTYPES,
+                   help="autocast dtype; implies --amp (default float16 as in timm; bfloat16 is the CPU's)")
+    p.add_argument("--no-amp", dest="amp_on", action="store_false", default=None,
+                   help="full precision (e.g. for a resumed run that used --amp)")
+
+
+def amp_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``amp`` configuration field the command line sets: ``{}`` when it says nothing,
+    ``{"amp": None}`` for ``--no-amp`` (a resumed run that used autocast stops), else the dtype."""
+    from ..errors import ConfigError
+
+    amp_on, dtype = getattr(args, "amp_on", None), getattr(args, "amp_dtype", None)
+    if amp_on is False:
+        if dtype:
+            raise ConfigError("--no-amp and --amp-dtype contradict each other; give one")
+        return {"amp": None}
+    if amp_on or dtype:
+        return {"amp": dtype or "float16"}
+    return {}
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """How a run executes (the engine's options): resume, overwrite, stop early, device, data
-    workers, seed, gradient clipping, memory layout. Unset options keep the preset's value."""
+    workers, seed, gradient clipping, mixed precision, memory layout. Unset options keep the
+    preset's value."""
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from a last.pth, with its run's configuration and folder (options given override "
                         "them)")
@@ -49,6 +92,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--workers", type=int, help="data-loading processes")
     p.add_argument("--seed", type=int, help="random seed (initialisation, sampling, augmentation)")
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm")
+    add_amp_arguments(p)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout")
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .args import Column, add_run_arguments, check_predict_output, pretrained_backbone, float_list, int_list, \
+from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, int_list, \
     show_preset_defaults
 
 
@@ -92,7 +92,8 @@ def add_parsers(sub) -> None:
             tr.add_argument("--seg-loss", choices=["ce", "ce+dice"], help="training loss")
         tr.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
         tr.set_defaults(func=run_train, task=task)
-        show_preset_defaults(tr, preset_columns(task), skip=("preset", "task"), none={"workers": "auto"})
+        show_preset_defaults(tr, preset_columns(task), skip=("preset", "task"), fields={"amp_on": "amp"},
+                             none={"workers": "auto", "amp": "off"})
         ev = tsub.add_parser("eval", help="evaluate a checkpoint on the validation split")
         ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of train")
         ev.add_argument("--data", default=None, help="default: the checkpoint's")
@@ -175,7 +176,8 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
     from ..dense.config import DenseConfig
 
     names = {f.name for f in __import__("dataclasses").fields(DenseConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None and k != "task"}
+    over = {k: v for k, v in vars(args).items() if k in names and v is not None and k != "task"}
+    return {**over, **amp_overrides(args)}
 
 
 def run_train(args: argparse.Namespace) -> int:

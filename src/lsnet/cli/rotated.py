@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .args import Column, add_run_arguments, check_predict_output, pretrained_backbone, float_list, show_preset_defaults
+from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, show_preset_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def add_parser(sub) -> None:
     tr.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
     tr.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     tr.set_defaults(func=run_train)
-    show_preset_defaults(tr, preset_columns(), skip=("preset", "backbone_checkpoint"), none={"workers": "auto"})
+    show_preset_defaults(tr, preset_columns(), skip=("preset", "backbone_checkpoint"), fields={"amp_on": "amp"},
+                         none={"workers": "auto", "amp": "off"})
 
     ev = rsub.add_parser("eval", help="DOTA mAP50 of a checkpoint on the validation split (whole images)")
     ev.add_argument("--checkpoint", required=True, help="a best.pth or last.pth of lsnet rotated train")
@@ -159,7 +160,8 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
     from ..rotated.config import RotatedConfig
 
     names = {f.name for f in dataclasses.fields(RotatedConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    over = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return {**over, **amp_overrides(args)}
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -14,9 +14,7 @@ from typing import Any, Dict, List, Sequence
 
 from ..classify.config import MODEL_DEFAULTS, PRESETS, TrainConfig, model_kwarg, parse_model_kwargs, resolve_config
 from ..errors import ConfigError
-from .args import Column, fetch_pretrained, note_deprecated, show_preset_defaults
-
-AMP_DTYPES = ("float16", "bfloat16")
+from .args import Column, add_amp_arguments, amp_overrides, fetch_pretrained, note_deprecated, show_preset_defaults
 
 
 def add_parser(sub) -> None:
@@ -46,19 +44,6 @@ class _Pretrained(argparse.Action):
         else:
             namespace.pretrained = values
             note_deprecated(namespace, "--pretrained FILE", "--initial-checkpoint FILE")
-
-
-class _Amp(argparse.Action):
-    """``--amp``: timm's switch (the dtype from ``--amp-dtype``). ``--amp DTYPE``: the older
-    spelling of ``--amp --amp-dtype DTYPE``, still accepted."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, True)
-        if values is not None:
-            if values not in AMP_DTYPES:
-                parser.error(f"argument --amp: expected no value (the dtype goes to --amp-dtype), got {values!r}")
-            namespace.amp_dtype = values
-            note_deprecated(namespace, f"--amp {values}", f"--amp --amp-dtype {values}")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,13 +101,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distillation-alpha", type=float, help="weight of the distillation loss")
     p.add_argument("--distillation-tau", type=float, help="temperature of soft distillation")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", nargs="?", action=_Amp, dest="amp_on", metavar="DTYPE",
-                   help="mixed precision (autocast) in --amp-dtype. With DTYPE: the older spelling of --amp "
-                        "--amp-dtype DTYPE")
-    p.add_argument("--amp-dtype", choices=AMP_DTYPES,
-                   help="autocast dtype; implies --amp (default float16 as in timm; bfloat16 is the CPU's)")
-    p.add_argument("--no-amp", dest="amp_on", action="store_false", default=None,
-                   help="full precision (e.g. for a resumed run that used --amp)")
+    add_amp_arguments(p)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -172,13 +151,7 @@ def train_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         overrides["model_kwargs"] = parse_model_kwargs(overrides["model_kwargs"])
     if isinstance(overrides.get("aa"), str) and overrides["aa"].lower() == "none":
         overrides["aa"] = None
-    amp_on, dtype = getattr(args, "amp_on", None), getattr(args, "amp_dtype", None)
-    if amp_on is False:
-        if dtype:
-            raise ConfigError("--no-amp and --amp-dtype contradict each other; give one")
-        overrides["amp"] = None  # explicit: a resumed run that used autocast stops using it
-    elif amp_on or dtype:
-        overrides["amp"] = dtype or "float16"
+    overrides.update(amp_overrides(args))
     return overrides
 
 

@@ -99,7 +99,8 @@ def roi_align_rotated(features: torch.Tensor, rois: torch.Tensor, output_size, s
             step = max(1, _CHUNK_ELEMS // per_roi)
             for s in range(0, idx.numel(), step):
                 sel = idx[s:s + step]
-                out[sel] = _pool(features[image], cx[sel], cy[sel], rw[sel], rh[sel], theta[sel], out_h, out_w, gh, gw)
+                pooled = _pool(features[image], cx[sel], cy[sel], rw[sel], rh[sel], theta[sel], out_h, out_w, gh, gw)
+                out[sel] = pooled.to(out.dtype)  # autocast runs grid_sample in float32 (as torchvision's roi_align)
     return out
 
 
