@@ -312,9 +312,10 @@ def test_compiled_training_matches_eager(tmp_path):
     e, c = log(tmp_path / "e"), log(tmp_path / "c")
     assert e["val_loss"] < 2.15  # it learned (chance: ln 10 = 2.30)
     # float32 rounding differs (fused kernels; SKA's hand-written backward at every size) and
-    # grows over the epoch at this rate: 0.3% apart in train loss when measured. Gradients
-    # themselves are compared in float64 in test_deploy.py.
-    assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-2)
+    # grows over the epoch at this rate: 0.3% apart in train loss when measured with two
+    # threads, 1.1% with OMP_NUM_THREADS=1; a wrong gradient stops the learning (chance is 2.30,
+    # the epoch ends near 1.8). Gradients themselves are compared in float64 in test_deploy.py.
+    assert c["train_loss"] == pytest.approx(e["train_loss"], rel=3e-2)
     assert c["val_loss"] == pytest.approx(e["val_loss"], rel=3e-2)
     assert compiled["best_value"] > 30 and eager["best_value"] > 30  # top-1 itself swings by several points
     ck = torch.load(tmp_path / "c" / "run" / "last.pth", weights_only=True)
