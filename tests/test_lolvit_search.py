@@ -53,6 +53,12 @@ def test_search_report():
     assert sum(hist) == report["readings"] and report["free"]["all_six"] == hist[-1]
     closest = report["rule"]["closest"]
     assert closest["worst_relative_error"] > 0 and len(closest["counts"]) == 6
+    own, shared = report["free"]["closest_own_d"], report["free"]["closest_shared_d"]
+    # sharing one d between equal-channel blocks can only be further from the table
+    assert 0 < own["worst_relative_error"] <= shared["worst_relative_error"]
+    assert shared["d_per_block"][1] == shared["d_per_block"][3] and shared["d_per_block"][2] == shared["d_per_block"][4]
+    errors = [abs(n - t) / t for n, t in zip(own["counts"], own["table"])]
+    assert max(errors) == pytest.approx(own["worst_relative_error"], abs=1e-5)
 
 
 def test_bad_step():

@@ -228,8 +228,23 @@ def run(check: bool = False, d_step: int = 8) -> Dict[str, object]:
     consistent_full = 0
     rule_exact = np.zeros(len(TABLE_BLOCKS) + 1, dtype=np.int64)
     closest = (math.inf, None)
+    closest_free: Dict[str, Tuple[float, object]] = {"own": (math.inf, None), "shared": (math.inf, None)}
+    blocks = np.arange(len(TABLE_BLOCKS))
     for li, lv in enumerate(layer_vals):
         total = outer_vals + lv[stages][None]  # (outer, block, d)
+        rel = np.abs(total - targets[None, :, None]) / targets[None, :, None]
+        # closest with d free per block ("own"), and with one d per channel width ("shared":
+        # blocks 1/3 have 96 channels, 2/4 have 128)
+        for mode in ("own", "shared"):
+            per_block = rel if mode == "own" else np.stack(
+                [rel[:, 0], np.maximum(rel[:, 1], rel[:, 3]), np.maximum(rel[:, 2], rel[:, 4]),
+                 np.maximum(rel[:, 1], rel[:, 3]), np.maximum(rel[:, 2], rel[:, 4]), rel[:, 5]], 1)
+            best_d = per_block.argmin(-1)  # (outer, block)
+            worst = np.take_along_axis(per_block, best_d[..., None], -1)[..., 0].max(-1)
+            oi = int(worst.argmin())
+            if worst[oi] < closest_free[mode][0]:
+                counts = total[oi, blocks, best_d[oi]].tolist()
+                closest_free[mode] = (float(worst[oi]), (oi, li, D_GRID[best_d[oi]].tolist(), counts))
         hit = total == targets[None, :, None]
         blocks_hit = hit.any(-1).sum(-1)  # per outer reading
         free_hist += np.bincount(blocks_hit, minlength=len(TABLE_BLOCKS) + 1)
@@ -261,6 +276,12 @@ def run(check: bool = False, d_step: int = 8) -> Dict[str, object]:
         "rule": {"k": list(rule_ks), "blocks_exact_histogram": rule_exact.tolist()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    for mode, (worst, found) in closest_free.items():
+        if found is not None:
+            oi, li, ds, counts = found
+            report["free"][f"closest_{mode}_d"] = dict(worst_relative_error=round(worst, 5), d_per_block=ds,
+                                                       outer=asdict(outers[oi]), layer=asdict(layers[li]),
+                                                       counts=counts, table=targets.tolist())
     if closest[1] is not None:
         oi, li, k, vals = closest[1]
         report["rule"]["closest"] = dict(worst_relative_error=round(closest[0], 4), k=k, outer=asdict(outers[oi]),
@@ -284,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("free d per block: readings reproducing 0..6 of the six blocks:", free["blocks_reproduced_histogram"])
     print(f"  all six: {free['all_six']}; all six with equal d for equal channels: "
           f"{free['all_six_with_equal_widths_for_equal_channels']}")
+    for mode, label in (("own", "its own d per block"), ("shared", "one d per channel width")):
+        cl = free.get(f"closest_{mode}_d")
+        if cl:
+            print(f"  closest with {label}: worst relative error {cl['worst_relative_error']:.3%}, d {cl['d_per_block']}: "
+                  f"{cl['counts']}\n    {cl['outer']}\n    {cl['layer']}")
     print("table counts mod 32:", report["table_mod_32"], "(with widths that are multiples of 8, every term but "
           "the DP scalars and the K/V convolution's bias is a multiple of 8)")
     rule = report["rule"]
