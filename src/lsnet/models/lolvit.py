@@ -65,9 +65,9 @@ and the totals, 1,056,669 for S and 1,862,709 for X). How:
   more than one of the six counts; the closest misses a block by 0.32%, by 3.0% when blocks
   of equal channels share ``d``, and by 6.6% with ``d = c, 1.5c`` or ``2c``. (Earlier
   sessions' ad-hoc searches, also with MobileViT's dims and MLP ratios, Ghost up-scaling and
-  1-4 layers, found nothing either.) The widths ``(d, m, e)`` below are therefore **fitted** per block (solved so that the count is exact, preferring
-  m ~ 2d, e ~ c, d ~ 1.5c); they are not the authors' values, which are unknown, and they do
-  not follow the 4,096 hint:
+  1-4 layers, found nothing either.) The widths ``(d, m, e)`` below are therefore **fitted**
+  per block (solved so that the count is exact, preferring m ~ 2d, e ~ c, d ~ 1.5c); they are
+  not the authors' values, which are unknown, and they do not follow the 4,096 hint:
 
   ========  =====  ====  ====  ====  ====  ===========
   model     stage  c     d     m     e     params
