@@ -297,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = run(check=args.check, d_step=args.d_step)
     print(f"{report['readings']:,} readings ({report['outer_readings']} outer x {report['layer_readings']:,} "
-          f"Transformer), d in {report['d_grid'][0]}..{report['d_grid'][1]} step {report['d_grid'][2]}, {report['seconds']} s")
+          f"Transformer), d in {report['d_grid'][0]}..{report['d_grid'][1]} step {report['d_grid'][2]}, "
+          f"{report['seconds']} s")
     for pair in report["pairs"]:
         print(f"  {pair['channels']} channels: {pair['blocks'][0]} (Fold {pair['folds'][0]}) -> {pair['blocks'][1]} "
               f"(Fold {pair['folds'][1]}): {pair['difference']:+,} parameters")
@@ -308,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode, label in (("own", "its own d per block"), ("shared", "one d per channel width")):
         cl = free.get(f"closest_{mode}_d")
         if cl:
-            print(f"  closest with {label}: worst relative error {cl['worst_relative_error']:.3%}, d {cl['d_per_block']}: "
-                  f"{cl['counts']}\n    {cl['outer']}\n    {cl['layer']}")
+            print(f"  closest with {label}: worst relative error {cl['worst_relative_error']:.3%}, "
+                  f"d {cl['d_per_block']}: {cl['counts']}\n    {cl['outer']}\n    {cl['layer']}")
     print("table counts mod 32:", report["table_mod_32"], "(with widths that are multiples of 8, every term but "
           "the DP scalars and the K/V convolution's bias is a multiple of 8)")
     rule = report["rule"]
