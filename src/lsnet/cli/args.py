@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["AMP_DTYPES", "add_amp_arguments", "amp_overrides", "add_run_arguments", "check_predict_output",
-           "float_list", "int_list", "DeprecatedAlias", "note_deprecated", "warn_deprecated", "show_preset_defaults", "format_default", "fetch_pretrained",
-           "pretrained_backbone"]
+           "float_list", "int_list", "DeprecatedAlias", "note_deprecated", "warn_deprecated", "show_preset_defaults",
+           "format_default", "fetch_pretrained", "pretrained_backbone"]
 
 logger = logging.getLogger(__name__)
 
