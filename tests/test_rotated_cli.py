@@ -77,6 +77,21 @@ def test_train_resume_eval_predict(dota_root, tmp_path, capsys):
     assert drawn.read_bytes()[:4] == b"\x89PNG" and Image.open(drawn).size == Image.open(image).size
     assert (tmp_path / "pred" / "Task1_ship.txt").is_file()
 
+    # the per-object breakdown of benchmarks/rotated_misses.py on the same checkpoint
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rotated_misses.py"
+    res = subprocess.run([sys.executable, str(script), "--checkpoint", str(out / "best.pth"), "--data", str(dota_root),
+                          "--sheet", str(tmp_path / "misses.png"), "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in res.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| class")}
+    assert set(rows) == set(CLASSES)
+    # every object is counted once: missed + poor + found = objects (one difficult ship left out)
+    counts = {c: [int(v) for v in rows[c][:4]] for c in CLASSES}
+    assert all(n == a + b + c for n, a, b, c in counts.values())
+    assert sum(n for n, *_ in counts.values()) == 2
+    assert (tmp_path / "misses.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_train_under_bfloat16_autocast(dota_root, tmp_path):
     """``--amp --amp-dtype bfloat16``: the rotated detector (rotated RoIAlign, box coders, exact
