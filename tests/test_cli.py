@@ -242,8 +242,13 @@ def test_no_amp_turns_off_what_a_resumed_run_used():
     assert "amp" not in train_overrides(parse(["train"]))  # unset: the preset's (or the resumed run's)
 
 
-def _fake_hub(monkeypatch, tmp_path, missing=("model.safetensors",), offline=False):
-    """hf_hub_download as if online (a file per name, some missing) or offline; returns the calls."""
+def _fake_hub(monkeypatch, tmp_path, missing=("model.safetensors",), offline=False, unreachable=False,
+              cached=()):
+    """hf_hub_download as if online (a file per name, some missing), offline (the hub fails, or
+    its host refuses connections: ``unreachable``), with ``cached`` names in the local cache;
+    returns the calls that went to the hub."""
+    import socket
+
     import huggingface_hub
 
     calls = []
@@ -254,7 +259,21 @@ def _fake_hub(monkeypatch, tmp_path, missing=("model.safetensors",), offline=Fal
     class LocalEntryNotFoundError(Exception):
         pass
 
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("no network")
+
+    def accept(*args, **kwargs):
+        return socket.socket()  # closed right away by the caller
+
+    monkeypatch.setattr(socket, "create_connection", refuse if unreachable else accept)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
     def download(repo_id, filename, **kwargs):
+        if kwargs.get("local_files_only"):
+            if filename in cached:
+                return str(tmp_path / f"cached-{filename}")
+            raise LocalEntryNotFoundError("not in the cache")
         calls.append((repo_id, filename))
         if offline:
             raise LocalEntryNotFoundError("no connection and not in the cache")
@@ -296,6 +315,18 @@ def test_pretrained_switch_errors_are_one_line(monkeypatch, tmp_path, capsys, ar
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert all(n in err for n in needles), err
     assert len(calls) <= 1  # offline: no second file name tried (each try waits for the hub's retries)
+
+
+def test_pretrained_offline_fails_at_once_and_the_cache_needs_no_network(monkeypatch, tmp_path, capsys):
+    calls = _fake_hub(monkeypatch, tmp_path, unreachable=True)
+    assert main(["train", "--pretrained", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach https://huggingface.co" in err and "--initial-checkpoint FILE" in err, err
+    assert calls == []  # the hub was not asked (its retries take about 20 s offline)
+    # weights fetched before load from the cache, offline too
+    calls = _fake_hub(monkeypatch, tmp_path, unreachable=True, cached=("pytorch_model.bin",))
+    cfg, _ = _config(capsys, "train", "--pretrained", "--model", "lsnet_s")
+    assert cfg["pretrained"] == str(tmp_path / "cached-pytorch_model.bin") and calls == []
 
 
 def test_dense_and_rotated_take_the_classification_names(capsys, tmp_path):

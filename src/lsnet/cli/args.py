@@ -218,12 +218,36 @@ def pretrained_backbone(over: Dict[str, Any], default_backbone: str) -> None:
     over["backbone_checkpoint"] = fetch_pretrained(over.get("backbone") or default_backbone)
 
 
+class _Unreachable(ConnectionError):
+    """The hub's host refused a connection: its message goes into the user's error."""
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` seconds (assumed so
+    behind a proxy, which a direct connection cannot tell)."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
     """The local file of the weights timm publishes for ``model`` (what ``pretrained=True``
     loads), downloaded into the Hugging Face or torch hub cache on first use.
 
-    Raises :class:`lsnet.errors.ConfigError` for a model without published weights, or when
-    they cannot be fetched (offline), naming ``--initial-checkpoint`` for a downloaded file.
+    Weights fetched before come from the cache without a network call; offline (the hub's host
+    refuses a connection within 3 s) the error comes at once. Raises
+    :class:`lsnet.errors.ConfigError` for a model without published weights, or when they cannot
+    be fetched, naming ``--initial-checkpoint`` for a downloaded file.
     """
     import timm
     from timm.models import get_pretrained_cfg
@@ -245,10 +269,17 @@ def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
     where = f"the Hugging Face hub ({hub_id})" if hub_id else url
     try:
         if hub_id:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import constants, hf_hub_download
 
             names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors",
                                                                                  "pytorch_model.bin"]
+            for name in names:  # fetched before: from the cache, without asking the hub
+                try:
+                    return str(hf_hub_download(hub_id, name, local_files_only=True))
+                except Exception:
+                    pass
+            if not _reachable(constants.ENDPOINT):  # offline: say so now, not after the hub's retries
+                raise _Unreachable(f"cannot reach {constants.ENDPOINT}")
             for name in names:
                 try:
                     return str(hf_hub_download(hub_id, name))
@@ -264,6 +295,7 @@ def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
 
         release = (f" (the authors' release: https://huggingface.co/jameslahm/lsnet/blob/main/{RELEASE_FILES[model]})"
                    if model in RELEASE_FILES else "")
+        reason = str(err) if isinstance(err, _Unreachable) else type(err).__name__
         raise ConfigError(f"{option}: could not fetch the published weights of {model} from {where} "
-                          f"({type(err).__name__}); download them{release} and give the file with "
+                          f"({reason}); download them{release} and give the file with "
                           f"--initial-checkpoint FILE") from None
