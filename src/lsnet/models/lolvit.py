@@ -103,7 +103,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.ghostnet import GhostBottleneck, GhostModule
 
 from .fuse import fuse_bn_into_conv
-from .stages import StagedModel, stage_intermediates
+from .stages import StagedModel, stage_intermediates, take_intermediates
 
 __all__ = ["LOLViT", "LOLViTBlock", "FWA", "FWALayer", "FeatureFusion", "MobileViTFusion", "GhostNetBlock",
            "drelu", "fawa", "fold_keys", "LOLVIT_CFGS"]
@@ -453,6 +453,15 @@ class LOLViT(StagedModel):
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
         """Forward returning the outputs of the selected stages (strides 2, 4, 8, 16, 32)."""
+        if torch.jit.is_scripting():
+            if output_fmt != "NCHW":
+                raise ValueError("LOLViT features are NCHW only")
+            x = self.stem(x)
+            outputs: List[torch.Tensor] = []
+            for stage in self.stages:
+                x = stage(x)
+                outputs.append(x)
+            return take_intermediates(outputs, indices, intermediates_only)
         return stage_intermediates(self.stem, self.stages, self._run, x, indices, stop_early, intermediates_only,
                                    output_fmt, "LOLViT")
 

@@ -34,7 +34,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .fuse import fuse_bn_into_conv, fuse_bn_into_conv1x1
 from .lsnet import release_safe_globals
-from .stages import StagedModel, stage_intermediates
+from .stages import StagedModel, stage_intermediates, take_intermediates
 
 __all__ = ["LSKNet", "LSKBlock", "LSKAttention", "LSKMlp", "LSKNetBlock", "OverlapPatchEmbed", "LSKNET_ARGS",
            "lsknet_checkpoint_filter_fn"]
@@ -275,6 +275,10 @@ class LSKNet(StagedModel):
                               intermediates_only: bool = False):
         """Forward returning the normalised outputs of the selected stages (strides 4, 8, 16,
         32); ``norm`` is accepted for timm's API, every stage output is normalised anyway."""
+        if torch.jit.is_scripting():
+            if output_fmt != "NCHW":
+                raise ValueError("LSKNet features are NCHW only")
+            return take_intermediates(self._stage_outputs_scripted(x), indices, intermediates_only)
         # stages are passed by index: the modules of a stage are three attributes of the model
         return stage_intermediates(nn.Identity(), list(range(self.num_stages)), self._run_stage, x, indices,
                                    stop_early, intermediates_only, output_fmt, "LSKNet")
@@ -300,17 +304,24 @@ class LSKNet(StagedModel):
         return x
 
     def _forward_stages_scripted(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward_features`` as TorchScript compiles it: it reads no attribute by a computed
-        name (``_stage_modules``), so walk the children instead, which are registered in stage
-        order (``patch_embed1``, ``block1``, ``norm1``, ``patch_embed2``, ..., then ``head``).
-        Told apart by name: TorchScript's ``isinstance`` on unrolled children is unreliable."""
+        """``forward_features`` as TorchScript compiles it (see ``_stage_outputs_scripted``)."""
+        return self._stage_outputs_scripted(x)[-1]
+
+    def _stage_outputs_scripted(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Every stage's (normalised) output, as TorchScript compiles it: it reads no attribute by
+        a computed name (``_stage_modules``), so walk the children instead, which are registered
+        in stage order (``patch_embed1``, ``block1``, ``norm1``, ``patch_embed2``, ..., then
+        ``head``). Told apart by name: TorchScript's ``isinstance`` on unrolled children is
+        unreliable."""
+        outputs: List[torch.Tensor] = []
         for name, child in self.named_children():
             if name.startswith("patch_embed") or name.startswith("block"):
                 x = child(x)
             elif name.startswith("norm"):  # _channel_layer_norm (TorchScript takes no module arguments)
                 b, c, h, w = x.shape
                 x = child(x.flatten(2).transpose(1, 2)).reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return x
+                outputs.append(x)
+        return outputs
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Average of the last stage's normalised tokens (VAN's head), then the classifier."""

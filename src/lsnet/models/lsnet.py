@@ -27,7 +27,7 @@ from timm.models._manipulate import checkpoint_seq
 from ..ops.ska import SKA, _tracing
 from ..ops.ska_fused import ska_affine_residual
 from .fuse import fuse_bn_into_conv, fuse_bn_into_linear, fuse_modules
-from .stages import StagedModel, stage_intermediates
+from .stages import StagedModel, stage_intermediates, take_intermediates
 
 __all__ = ["LSNet", "LKP", "LSConv", "RepVGGDW", "FFN", "Attention", "Block", "ConvBN", "BNLinear",
            "checkpoint_filter_fn", "release_safe_globals", "MIN_INPUT_SIZE"]
@@ -639,6 +639,13 @@ class LSNet(StagedModel):
     ):
         """Forward returning the outputs of the selected stages (strides 8, 16, 32, 64)."""
         self.check_input(x)
+        if torch.jit.is_scripting():
+            if output_fmt != "NCHW":
+                raise ValueError("LSNet features are NCHW only")
+            x1 = self.blocks1(self.patch_embed(x))  # unrolled: the stages are modules of different types
+            x2 = self.blocks2(x1)
+            x3 = self.blocks3(x2)
+            return take_intermediates([x1, x2, x3, self.blocks4(x3)], indices, intermediates_only)
         return stage_intermediates(self.patch_embed, self.stages, self._run_stage, x, indices, stop_early,
                                    intermediates_only, output_fmt, "LSNet")
 

@@ -3,13 +3,13 @@ a list of stages while collecting the outputs ``forward_intermediates`` asks for
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models._features import feature_take_indices
 
-__all__ = ["stage_intermediates", "StagedModel"]
+__all__ = ["stage_intermediates", "take_intermediates", "StagedModel"]
 
 
 def stage_intermediates(stem: nn.Module, stages: Sequence[nn.Module], run: Callable, x: torch.Tensor,
@@ -28,6 +28,20 @@ def stage_intermediates(stem: nn.Module, stages: Sequence[nn.Module], run: Calla
         if i in take_indices:
             intermediates.append(x)
     return intermediates if intermediates_only else (x, intermediates)
+
+
+def take_intermediates(outputs: List[torch.Tensor], indices: Optional[Union[int, List[int]]],
+                       intermediates_only: bool) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """What :func:`stage_intermediates` returns, from every stage's output (in order): the form
+    TorchScript compiles, which takes no modules as arguments and so runs every stage."""
+    take_indices, _ = feature_take_indices(len(outputs), indices)
+    intermediates: List[torch.Tensor] = []
+    for i in range(len(outputs)):
+        if i in take_indices:
+            intermediates.append(outputs[i])
+    if intermediates_only:
+        return intermediates
+    return outputs[-1], intermediates
 
 
 class StagedModel(nn.Module):
