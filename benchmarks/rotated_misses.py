@@ -10,8 +10,9 @@ minus that of a ring around it (the box grown by 50 %), in 0..255 units. Prints,
 objects by best same-class IoU (missed < 0.1, poor 0.1-0.5, found >= 0.5), how many of the
 missed ones another class found at IoU >= 0.5, and the median length, width and |contrast|
 of the missed and the found objects, and for the poorly boxed ones the median ratio of the
-nearest same-class box's length to the object's and the median angle between them. ``--sheet`` draws the worst-missed objects (ground truth
-in green, the nearest detection of the class in red) for looking at them.
+nearest same-class box's length to the object's and the median angle between them.
+``--sheet`` draws the worst-missed objects (ground truth in green, the nearest detection of the
+class in red) for looking at them.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, int_list, \
-    show_preset_defaults
+from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, \
+    int_list, show_preset_defaults
 
 
 def add_parsers(sub) -> None:

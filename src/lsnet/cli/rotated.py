@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, show_preset_defaults
+from .args import Column, add_run_arguments, amp_overrides, check_predict_output, pretrained_backbone, float_list, \
+    show_preset_defaults
 
 logger = logging.getLogger(__name__)
 
