@@ -65,7 +65,7 @@ def main() -> None:
     inf = load_rotated_for_inference(args.checkpoint)
     classes, cfg = inf.class_names, inf.config
     val = DotaDataset(Path(args.data) / "val", classes)
-    records = []
+    records, difficult = [], 0
     for name, target in tqdm(val.annotations().items(), desc="detecting", unit="image"):
         image = load_image(val.root / "images" / f"{name}.png")
         rgb = np.asarray(image, dtype=np.float32)
@@ -76,6 +76,7 @@ def main() -> None:
         iou = box_iou_rotated(gt, boxes.double()) if len(boxes) else torch.zeros(len(gt), 0, dtype=torch.float64)
         for g in range(len(gt)):
             if bool(target["difficult"][g]):
+                difficult += 1
                 continue
             label = int(target["labels"][g])
             same = labels == label
@@ -99,7 +100,8 @@ def main() -> None:
         d = abs(np.degrees(a - b)) % 180.0
         return min(d, 180.0 - d)
 
-    print(f"{Path(args.checkpoint)} on {val.root}: {len(records)} non-difficult objects\n")
+    print(f"{Path(args.checkpoint)} on {val.root}: {len(records)} objects scored, {difficult} difficult ones "
+          f"left out ({difficult / max(1, len(records) + difficult):.1%})\n")
     print("| class | objects | missed (< 0.1) | poor (0.1-0.5) | found (>= 0.5) | missed but found as another class "
           "| missed: median length x width, abs. contrast | found: median length x width, abs. contrast "
           "| poor: median length ratio, angle error (deg) |")

@@ -321,7 +321,9 @@ def test_pretrained_offline_fails_at_once_and_the_cache_needs_no_network(monkeyp
     calls = _fake_hub(monkeypatch, tmp_path, unreachable=True)
     assert main(["train", "--pretrained", "--print-config"]) == 2
     err = capsys.readouterr().err
-    assert "cannot reach https://huggingface.co" in err and "--initial-checkpoint FILE" in err, err
+    from huggingface_hub import constants
+
+    assert f"cannot reach {constants.ENDPOINT}" in err and "--initial-checkpoint FILE" in err, err
     assert calls == []  # the hub was not asked (its retries take about 20 s offline)
     # weights fetched before load from the cache, offline too
     calls = _fake_hub(monkeypatch, tmp_path, unreachable=True, cached=("pytorch_model.bin",))
@@ -440,3 +442,27 @@ def test_dense_and_rotated_help_show_the_defaults_of_each_preset():
     text = _help("rotated", "train")
     assert (f"(default: {ROTATED_FINETUNE['epochs']} for small; {ROTATED_PRESETS['small']['epochs']} for small from "
             f"scratch; {ROTATED_PRESETS['1x']['epochs']} for 1x)") in text
+
+
+def test_pretrained_in_hub_offline_mode_asks_nothing(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    calls = _fake_hub(monkeypatch, tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["train", "--pretrained", "--print-config"]) == 2
+    assert "HF_HUB_OFFLINE is set and they are not in the cache" in capsys.readouterr().err and calls == []
+
+
+def test_bare_amp_keeps_a_resumed_runs_dtype(tmp_path):
+    """``--resume CK --amp`` continues in the resumed run's autocast dtype (not float16);
+    ``--amp-dtype`` still chooses, and without ``--resume`` a bare ``--amp`` is float16 (timm's)."""
+    from lsnet.cli.args import amp_overrides
+    from lsnet.cli.main import build_parser
+
+    ck = tmp_path / "last.pth"
+    torch.save({"config": {"amp": "bfloat16"}}, ck)
+    parse = build_parser().parse_args
+    for command in (["train"], ["detect", "train"], ["rotated", "train"]):
+        assert amp_overrides(parse([*command, "--resume", str(ck), "--amp"])) == {"amp": "bfloat16"}
+        assert amp_overrides(parse([*command, "--resume", str(ck), "--amp-dtype", "float16"])) == {"amp": "float16"}
+        assert amp_overrides(parse([*command, "--amp"])) == {"amp": "float16"}

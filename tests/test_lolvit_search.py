@@ -51,6 +51,9 @@ def test_search_report():
     assert report["table_mod_32"] == [23] * 6
     hist = report["free"]["blocks_reproduced_histogram"]
     assert sum(hist) == report["readings"] and report["free"]["all_six"] == hist[-1]
+    # what the model docstring and the README say of the search
+    assert report["readings"] == 752_640 and hist[2:] == [0] * 5
+    assert report["rule"]["blocks_exact_histogram"][1:] == [0] * 6
     closest = report["rule"]["closest"]
     assert closest["worst_relative_error"] > 0 and len(closest["counts"]) == 6
     own, shared = report["free"]["closest_own_d"], report["free"]["closest_shared_d"]
@@ -61,6 +64,8 @@ def test_search_report():
     assert max(errors) == pytest.approx(own["worst_relative_error"], abs=1e-5)
 
 
-def test_bad_step():
+@pytest.mark.parametrize("step", [6, 12])
+def test_bad_step(step):
+    """Steps that miss a multiple of the heads (6) or a width of the d = k*c rule (12: 1.5 x 96)."""
     with pytest.raises(ValueError, match="--d-step"):
-        search.run(d_step=6)
+        search.run(d_step=step)

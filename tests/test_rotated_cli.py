@@ -93,15 +93,21 @@ def test_train_resume_eval_predict(dota_root, tmp_path, capsys):
     assert (tmp_path / "misses.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_train_under_bfloat16_autocast(dota_root, tmp_path):
+def test_train_under_bfloat16_autocast(dota_root, tmp_path, monkeypatch):
     """``--amp --amp-dtype bfloat16``: the rotated detector (rotated RoIAlign, box coders, exact
     IoU) trains and evaluates under autocast."""
     import math
 
+    import lsnet.engine.loop as loop
+
+    seen = []
+    real = loop.autocast_context
+    monkeypatch.setattr(loop, "autocast_context", lambda device, amp: seen.append(amp) or real(device, amp))
     out = tmp_path / "amp"
     assert main(["rotated", "train", "--data", str(dota_root), "--backbone", "lsknet_t", "--epochs", "1",
                  "--output", str(out), "--amp", "--amp-dtype", "bfloat16", *SMALL]) == 0
     assert json.loads((out / "config.json").read_text())["amp"] == "bfloat16"
+    assert seen and set(seen) == {"bfloat16"}
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["train_loss"]) and 0.0 <= record["val_mAP50"] <= 1.0
 

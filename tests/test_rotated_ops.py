@@ -404,6 +404,18 @@ def test_roi_align_under_autocast_keeps_the_feature_dtype():
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
 
 
+def test_roi_align_bfloat16_samples_at_float32_positions():
+    """On a large map, bfloat16 sample positions would be off by up to a pixel; the positions
+    stay float32, so only the values' own rounding remains (a 6-pixel-period pattern)."""
+    xs = torch.arange(256, dtype=torch.float32)
+    feat = torch.sin(2 * math.pi * (xs[None, :] + 0.5 * xs[:, None]) / 6)[None, None].repeat(1, 2, 1, 1)
+    rois = torch.tensor([[0, 200.3, 190.7, 40.0, 12.0, 0.5], [0, 231.2, 60.4, 30.0, 30.0, -1.2]])
+    want = roi_align_rotated(feat, rois, 7, 1.0, 2, clockwise=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = roi_align_rotated(feat.bfloat16(), rois, 7, 1.0, 2, clockwise=True)
+    assert (got.float() - want).abs().max() < 0.02
+
+
 def test_roi_align_gradcheck():
     gen = torch.Generator().manual_seed(9)
     feat = torch.randn(2, 2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)

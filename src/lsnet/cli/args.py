@@ -62,9 +62,22 @@ def add_amp_arguments(p: argparse.ArgumentParser) -> None:
                    help="full precision (e.g. for a resumed run that used --amp)")
 
 
+def _resumed_amp(path: str) -> Optional[str]:
+    """The autocast dtype of the run a ``--resume`` checkpoint belongs to (None when it cannot
+    tell; resuming reports a bad file itself)."""
+    import torch
+
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config") or {}
+    except Exception:
+        return None
+    return config.get("amp") if isinstance(config, dict) else None
+
+
 def amp_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The ``amp`` configuration field the command line sets: ``{}`` when it says nothing,
-    ``{"amp": None}`` for ``--no-amp`` (a resumed run that used autocast stops), else the dtype."""
+    ``{"amp": None}`` for ``--no-amp`` (a resumed run that used autocast stops), else the dtype:
+    ``--amp-dtype``'s, or for a bare ``--amp`` the resumed run's own, else float16 (timm's)."""
     from ..errors import ConfigError
 
     amp_on, dtype = getattr(args, "amp_on", None), getattr(args, "amp_dtype", None)
@@ -73,7 +86,8 @@ def amp_overrides(args: argparse.Namespace) -> Dict[str, Any]:
             raise ConfigError("--no-amp and --amp-dtype contradict each other; give one")
         return {"amp": None}
     if amp_on or dtype:
-        return {"amp": dtype or "float16"}
+        resumed = _resumed_amp(args.resume) if not dtype and getattr(args, "resume", None) else None
+        return {"amp": dtype or resumed or "float16"}
     return {}
 
 
@@ -219,7 +233,7 @@ def pretrained_backbone(over: Dict[str, Any], default_backbone: str) -> None:
 
 
 class _Unreachable(ConnectionError):
-    """The hub's host refused a connection: its message goes into the user's error."""
+    """The hub cannot be asked (offline): its message goes into the user's error."""
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -229,7 +243,8 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlsplit
 
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
         return True
     parts = urlsplit(url)
     try:
@@ -278,6 +293,8 @@ def fetch_pretrained(model: str, option: str = "--pretrained") -> str:
                     return str(hf_hub_download(hub_id, name, local_files_only=True))
                 except Exception:
                     pass
+            if constants.HF_HUB_OFFLINE:
+                raise _Unreachable("HF_HUB_OFFLINE is set and they are not in the cache")
             if not _reachable(constants.ENDPOINT):  # offline: say so now, not after the hub's retries
                 raise _Unreachable(f"cannot reach {constants.ENDPOINT}")
             for name in names:

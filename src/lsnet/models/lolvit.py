@@ -60,8 +60,8 @@ and the totals, 1,056,669 for S and 1,862,709 for X). How:
   global map alone, hidden width c/2, c or 2c; a final LayerNorm or not; Query/Token bias;
   head width d/4, 8 or 16; the K/V convolution shared by the heads, over all heads or one
   per head, with or without bias; DP per layer or per head; output projection with or without
-  bias or none; MLP ratio 1-4; L 1-1-1, 1-2-3, 2-2-2, 2-4-3 or 3-3-3, with and without the
-  cache). With the Transformer width free per block (16..768, step 8) no reading reproduces
+  bias or none; MLP ratio 1-4; L 1-1-1, 1-2-3 or 2-2-2 with the cache, 2-4-3 or 3-3-3 with
+  and without it). With the Transformer width free per block (16..768, step 8) no reading reproduces
   more than one of the six counts; the closest misses a block by 0.32%, by 3.0% when blocks
   of equal channels share ``d``, and by 6.6% with ``d = c, 1.5c`` or ``2c``. (Earlier
   sessions' ad-hoc searches, also with MobileViT's dims and MLP ratios, Ghost up-scaling and
@@ -454,14 +454,8 @@ class LOLViT(StagedModel):
                               intermediates_only: bool = False):
         """Forward returning the outputs of the selected stages (strides 2, 4, 8, 16, 32)."""
         if torch.jit.is_scripting():
-            if output_fmt != "NCHW":
-                raise ValueError("LOLViT features are NCHW only")
-            x = self.stem(x)
-            outputs: List[torch.Tensor] = []
-            for stage in self.stages:
-                x = stage(x)
-                outputs.append(x)
-            return take_intermediates(outputs, indices, intermediates_only)
+            return take_intermediates(self._stage_outputs_scripted(x), indices, stop_early, intermediates_only,
+                                      output_fmt, "LOLViT")
         return stage_intermediates(self.stem, self.stages, self._run, x, indices, stop_early, intermediates_only,
                                    output_fmt, "LOLViT")
 
@@ -479,11 +473,21 @@ class LOLViT(StagedModel):
             return checkpoint_seq(stage, x)
         return stage(x)
 
+    def _stage_outputs_scripted(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Every stage's output, as TorchScript compiles it (it takes no modules as arguments:
+        ``_run``)."""
+        x = self.stem(x)
+        outputs: List[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the five stages: ``(B, 3, H, W) -> (B, C, ceil(H/32), ceil(W/32))``."""
+        if torch.jit.is_scripting():
+            return self._stage_outputs_scripted(x)[-1]
         x = self.stem(x)
-        if torch.jit.is_scripting():  # TorchScript takes no modules as arguments (_run)
-            return self.stages(x)
         for stage in self.stages:
             x = self._run(stage, x)
         return x

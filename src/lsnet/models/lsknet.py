@@ -276,9 +276,8 @@ class LSKNet(StagedModel):
         """Forward returning the normalised outputs of the selected stages (strides 4, 8, 16,
         32); ``norm`` is accepted for timm's API, every stage output is normalised anyway."""
         if torch.jit.is_scripting():
-            if output_fmt != "NCHW":
-                raise ValueError("LSKNet features are NCHW only")
-            return take_intermediates(self._stage_outputs_scripted(x), indices, intermediates_only)
+            return take_intermediates(self._stage_outputs_scripted(x), indices, stop_early, intermediates_only,
+                                      output_fmt, "LSKNet")
         # stages are passed by index: the modules of a stage are three attributes of the model
         return stage_intermediates(nn.Identity(), list(range(self.num_stages)), self._run_stage, x, indices,
                                    stop_early, intermediates_only, output_fmt, "LSKNet")
@@ -298,14 +297,10 @@ class LSKNet(StagedModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The four stages: ``(B, C, H, W) -> (B, C4, ceil(H/32), ceil(W/32))``, normalised."""
         if torch.jit.is_scripting():
-            return self._forward_stages_scripted(x)
+            return self._stage_outputs_scripted(x)[-1]
         for i in range(self.num_stages):
             x = self._run_stage(i, x)
         return x
-
-    def _forward_stages_scripted(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward_features`` as TorchScript compiles it (see ``_stage_outputs_scripted``)."""
-        return self._stage_outputs_scripted(x)[-1]
 
     def _stage_outputs_scripted(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Every stage's (normalised) output, as TorchScript compiles it: it reads no attribute by

@@ -640,12 +640,8 @@ class LSNet(StagedModel):
         """Forward returning the outputs of the selected stages (strides 8, 16, 32, 64)."""
         self.check_input(x)
         if torch.jit.is_scripting():
-            if output_fmt != "NCHW":
-                raise ValueError("LSNet features are NCHW only")
-            x1 = self.blocks1(self.patch_embed(x))  # unrolled: the stages are modules of different types
-            x2 = self.blocks2(x1)
-            x3 = self.blocks3(x2)
-            return take_intermediates([x1, x2, x3, self.blocks4(x3)], indices, intermediates_only)
+            return take_intermediates(self._stage_outputs_scripted(x), indices, stop_early, intermediates_only,
+                                      output_fmt, "LSNet")
         return stage_intermediates(self.patch_embed, self.stages, self._run_stage, x, indices, stop_early,
                                    intermediates_only, output_fmt, "LSNet")
 
@@ -659,11 +655,19 @@ class LSNet(StagedModel):
             self.reset_classifier(0, "", distillation=False)
         return take_indices
 
+    def _stage_outputs_scripted(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Every stage's output, as TorchScript compiles it: it takes no modules as arguments
+        (``_run_stage``) and no list of stages of different types, so the four are unrolled."""
+        x1 = self.blocks1(self.patch_embed(x))
+        x2 = self.blocks2(x1)
+        x3 = self.blocks3(x2)
+        return [x1, x2, x3, self.blocks4(x3)]
+
     def forward_features(self, x):
         self.check_input(x)
+        if torch.jit.is_scripting():
+            return self._stage_outputs_scripted(x)[-1]
         x = self.patch_embed(x)
-        if torch.jit.is_scripting():  # TorchScript takes no modules as arguments (_run_stage)
-            return self.blocks4(self.blocks3(self.blocks2(self.blocks1(x))))
         for stage in self.stages:
             x = self._run_stage(stage, x)
         return x

@@ -30,18 +30,22 @@ def stage_intermediates(stem: nn.Module, stages: Sequence[nn.Module], run: Calla
     return intermediates if intermediates_only else (x, intermediates)
 
 
-def take_intermediates(outputs: List[torch.Tensor], indices: Optional[Union[int, List[int]]],
-                       intermediates_only: bool) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+def take_intermediates(outputs: List[torch.Tensor], indices: Optional[Union[int, List[int]]], stop_early: bool,
+                       intermediates_only: bool, output_fmt: str, family: str
+                       ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
     """What :func:`stage_intermediates` returns, from every stage's output (in order): the form
-    TorchScript compiles, which takes no modules as arguments and so runs every stage."""
-    take_indices, _ = feature_take_indices(len(outputs), indices)
+    TorchScript compiles, which takes no modules as arguments and so runs every stage (with
+    ``stop_early`` the final output is still the last selected stage's)."""
+    if output_fmt != "NCHW":
+        raise ValueError(f"{family} features are NCHW only")
+    take_indices, max_index = feature_take_indices(len(outputs), indices)
     intermediates: List[torch.Tensor] = []
     for i in range(len(outputs)):
         if i in take_indices:
             intermediates.append(outputs[i])
     if intermediates_only:
         return intermediates
-    return outputs[-1], intermediates
+    return (outputs[max_index] if stop_early else outputs[-1]), intermediates
 
 
 class StagedModel(nn.Module):

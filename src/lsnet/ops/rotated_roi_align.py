@@ -131,10 +131,13 @@ def _pool(feature, cx, cy, rw, rh, theta, out_h, out_w, gh, gw):
     y = y.clamp(min=0, max=height - 1)
     x = x.clamp(min=0, max=width - 1)
     grid = torch.stack([2 * x / max(width - 1, 1) - 1, 2 * y / max(height - 1, 1) - 1], dim=-1)
-    grid = grid.reshape(1, n * out_h * gh, out_w * gw, 2).to(feature.dtype)
-    vals = torch.nn.functional.grid_sample(feature[None], grid, mode="bilinear", padding_mode="border",
+    # sample positions in float32 at least: in bfloat16 they would be off by up to a pixel on
+    # large maps (grid_sample runs in float32 under autocast anyway)
+    dtype = feature.dtype if feature.dtype in (torch.float32, torch.float64) else torch.float32
+    grid = grid.reshape(1, n * out_h * gh, out_w * gw, 2).to(dtype)
+    vals = torch.nn.functional.grid_sample(feature[None].to(dtype), grid, mode="bilinear", padding_mode="border",
                                            align_corners=True)[0]
-    vals = vals * keep.reshape(1, n * out_h * gh, out_w * gw).to(feature.dtype)
+    vals = vals * keep.reshape(1, n * out_h * gh, out_w * gw).to(dtype)
     vals = vals.reshape(c, n, out_h, gh, out_w, gw).sum(dim=(3, 5)) / (gh * gw)
     return vals.permute(1, 0, 2, 3)
 
