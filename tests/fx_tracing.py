@@ -16,3 +16,14 @@ def timm_fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
             return isinstance(m, leaves) or super().is_leaf_module(m, name)
 
     return GraphModule(model, TimmTracer(autowrap_functions=tuple(get_notrace_functions())).trace(model))
+
+
+def assert_script_and_fx_match_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.jit.script`` of ``model`` and of its torch.fx graph (timm's two TorchScript tests)
+    give exactly the eager output on ``x``."""
+    scripted = torch.jit.script(model)
+    graph = torch.jit.script(timm_fx_graph(model))
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(graph(x), want, rtol=0, atol=0)

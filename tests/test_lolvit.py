@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import lsnet
 from lsnet.models.lolvit import FWA, LOLViTBlock, drelu, fawa, fold_keys
-from fx_tracing import timm_fx_graph
+from fx_tracing import assert_script_and_fx_match_eager
 
 # Tables 16-17: Conv, GhostNetBlock x4, LOLViTBlock, GhostNetBlock, LOLViTBlock, GhostNetBlock, LOLViTBlock
 TABLES = {
@@ -222,13 +222,7 @@ def test_torchscript_and_fx_match_eager():
     a size that is no multiple of 32."""
     torch.manual_seed(0)
     model = timm.create_model("lolvit_s", num_classes=5).eval()
-    scripted = torch.jit.script(model)
-    graph = torch.jit.script(timm_fx_graph(model))
-    x = torch.randn(2, 3, 97, 130)
-    with torch.no_grad():
-        want = model(x)
-        torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
-        torch.testing.assert_close(graph(x), want, rtol=0, atol=0)
+    assert_script_and_fx_match_eager(model, torch.randn(2, 3, 97, 130))
 
 
 @pytest.mark.parametrize("options", [dict(depth=3, fold=2, patch_size=2, window=4),

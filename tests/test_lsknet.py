@@ -10,7 +10,7 @@ import torch
 
 import lsnet
 from conftest import load_fixture, rel_err, shared_file
-from fx_tracing import timm_fx_graph
+from fx_tracing import assert_script_and_fx_match_eager
 from lsnet import CheckpointError, load_checkpoint
 from lsnet.models.lsknet import LSKNet
 
@@ -230,13 +230,7 @@ def test_torchscript_and_fx_match_eager():
     for bn in _batchnorms(model):
         bn.running_mean.normal_(0, 0.1)
         bn.running_var.uniform_(0.5, 1.5)
-    scripted = torch.jit.script(model)
-    graph = torch.jit.script(timm_fx_graph(model))
-    x = torch.randn(2, 3, 65, 97)
-    with torch.no_grad():
-        want = model(x)
-        torch.testing.assert_close(scripted(x), want, rtol=0, atol=0)
-        torch.testing.assert_close(graph(x), want, rtol=0, atol=0)
+    assert_script_and_fx_match_eager(model, torch.randn(2, 3, 65, 97))
 
 
 @pytest.mark.parametrize("depths", [(1, 1), (1, 1, 1, 1, 1)])
